@@ -1,0 +1,148 @@
+"""The ``twotower`` command line: demo, simulate, train, evaluate, export."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from twotower.errors import TwoTowerError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Two-tower candidate retrieval: from click logs to a served index.")
+
+
+def _run(fn):
+    """Call ``fn``; a user error prints one clear message (no traceback) and exits 1."""
+    try:
+        return fn()
+    except TwoTowerError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+
+
+def print_metrics(title: str, rows: dict[str, dict], columns: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("model")
+    for c in columns:
+        table.add_column(c, justify="right")
+    for name, m in rows.items():
+        table.add_row(name, *[f"{m[c]:.4f}" if isinstance(m.get(c), float) else str(m.get(c, "-"))
+                              for c in columns])
+    Console(width=max(100, 14 * (len(columns) + 1))).print(table)
+
+
+@app.command()
+def simulate(out_dir: Path = typer.Argument(..., help="folder to write the log into"),
+             impressions: int = typer.Option(200_000, help="shown impressions"),
+             seed: int = typer.Option(0),
+             config: Optional[Path] = typer.Option(None, help="YAML of SimulatorConfig fields")):
+    """Simulate a sponsored-search impression log (Parquet) with its ground truth."""
+    def go():
+        import yaml
+
+        from twotower.data.simulator import SimulatorConfig, simulate as sim
+        from twotower.errors import ConfigError
+
+        fields = {"seed": seed, "n_impressions": impressions}
+        if config is not None:
+            if not config.is_file():
+                raise ConfigError(f"{config}: not found")
+            fields.update(yaml.safe_load(config.read_text()) or {})
+        log = sim(SimulatorConfig(**fields), out_dir)
+        typer.echo(f"wrote {out_dir}: {log.click_rate:.2%} click rate")
+
+    _run(go)
+
+
+@app.command()
+def train(config: Optional[Path] = typer.Argument(None, help="run config (YAML)"),
+          set_: List[str] = typer.Option([], "--set", help="override, e.g. train.lr=3e-4"),
+          resume: Optional[Path] = typer.Option(None, help="run folder to resume from its last checkpoint"),
+          overwrite: bool = typer.Option(False, help="replace an existing run folder"),
+          stream: bool = typer.Option(False, help="read the training log from disk every epoch")):
+    """Fit features, train, evaluate and export one run."""
+    def go():
+        from twotower.config import load_config
+        from twotower.errors import ConfigError
+        from twotower.pipeline import train_run
+
+        if resume is None and config is None:
+            raise ConfigError("give a CONFIG.yaml to train, or --resume RUN_DIR")
+        cfg = None if resume is not None else load_config(config, set_)
+        summary = train_run(cfg, resume_dir=resume, overwrite=overwrite, stream=stream)
+        ks = sorted({k for k in (cfg or summary_cfg(summary)).eval.ks})
+        cols = [f"{m}@{k}" for k in ks for m in ("hr", "ndcg")] + ["mrr"]
+        print_metrics(f"{summary.metrics.get('split', '')} metrics — {summary.run_dir}",
+                      {"model": summary.metrics}, cols)
+
+    _run(go)
+
+
+def summary_cfg(summary):
+    from twotower.pipeline import load_run_config
+    from twotower.run import RunDir
+
+    return load_run_config(RunDir(summary.run_dir))
+
+
+@app.command()
+def evaluate(run_dir: Path, split: str = typer.Option("test", help="valid or test")):
+    """Evaluate a trained run (full-corpus ranking) and write metrics.json."""
+    def go():
+        from twotower.pipeline import evaluate_run
+
+        m = evaluate_run(run_dir, split)
+        typer.echo(json.dumps(m, indent=2))
+
+    _run(go)
+
+
+@app.command()
+def export(run_dir: Path,
+           queries: Optional[Path] = typer.Option(None, help="table of query rows to embed")):
+    """Export item (and query) embeddings with their ids to Parquet and .npy."""
+    def go():
+        from twotower.pipeline import export_queries, export_run
+
+        typer.echo(json.dumps({"items": export_run(run_dir)["files"]["items"],
+                               "queries": _try_queries(run_dir, queries)}, indent=2))
+
+    _run(go)
+
+
+def _try_queries(run_dir, queries):
+    from twotower.errors import DataError
+    from twotower.pipeline import export_queries
+
+    try:
+        return export_queries(run_dir, queries)
+    except DataError as err:
+        if queries is not None:
+            raise
+        return f"skipped: {err}"
+
+
+@app.command()
+def demo(workdir: Path = typer.Option(Path("runs/demo"), help="where data and runs go"),
+         impressions: int = typer.Option(200_000)):
+    """Simulate a sponsored-search log, train a two-tower model, evaluate it, and retrieve."""
+    def go():
+        from twotower.demo import run_demo
+
+        run_demo(workdir, impressions)
+
+    _run(go)
+
+
+def main() -> None:  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

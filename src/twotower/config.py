@@ -1,0 +1,280 @@
+"""One typed configuration per run, loaded from YAML and validated at the door.
+
+Each stage receives only its own sub-config (``Trainer(model, task, cfg.train)``). A wrong field is
+reported with its dotted path and, for a misspelt name, the closest valid one. Model-specific
+fields live in the config class each model registers (``models.register``), so ``model.name``
+selects both the model and the fields it accepts.
+"""
+from __future__ import annotations
+
+import difflib
+import enum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from twotower.errors import ConfigError
+from twotower.types import Side
+
+
+class StrictModel(BaseModel):
+    """Base of every config section: unknown fields are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class FeatureKind(str, enum.Enum):
+    #: an id fitted into a vocabulary (min count, out-of-vocabulary bucket)
+    CATEGORICAL = "categorical"
+    #: an id hashed into ``num_buckets`` (very large cardinalities, no vocabulary kept)
+    HASHED = "hashed"
+    #: free text: word and/or character-3-gram hashing (as in Que2Search), mean-pooled
+    TEXT = "text"
+    #: a list of ids (history), padded/truncated to ``max_len`` with a mask, mean-pooled
+    SEQUENCE = "sequence"
+    #: a number, standardised with the training mean and standard deviation
+    DENSE = "dense"
+
+
+class FeatureConfig(StrictModel):
+    """One input column and how it is encoded."""
+
+    name: str = Field(description="feature name (and column name, unless `column` is set)")
+    column: str | None = Field(None, description="column to read; default: the feature name")
+    side: Side
+    kind: FeatureKind = FeatureKind.CATEGORICAL
+    embedding_dim: int | None = Field(None, gt=0, description="default: model.embedding_dim")
+    min_count: int = Field(1, ge=1, description="rarer values go to the OOV bucket")
+    num_buckets: int = Field(2**18, gt=1, description="hash buckets (hashed, text)")
+    max_len: int = Field(50, gt=0, description="tokens kept (sequence: the most recent)")
+    tokens: list[Literal["word", "char3"]] = Field(default_factory=lambda: ["word"])
+    vocab_from: str | None = Field(
+        None, description="share the vocabulary and embedding table of another feature "
+        "(e.g. a watch history shares the item id's)")
+
+    @property
+    def source(self) -> str:
+        """The column this feature reads."""
+        return self.column or self.name
+
+
+class DataConfig(StrictModel):
+    """Where the log is and what its columns mean."""
+
+    train: Path
+    valid: Path | None = None
+    test: Path | None = None
+    items: Path | None = Field(None, description="item corpus table; default: items seen in train")
+    split_column: str | None = Field(
+        None, description="if set, train/valid/test rows are taken from one file by this "
+        "column's value ('train', 'valid', 'test')")
+    item_id: str = "item_id"
+    label: str | None = Field(None, description="click label column (1 click, 0 unclick)")
+    weight: str | None = Field(None, description="optional sample-weight column")
+    features: list[FeatureConfig]
+    chunk_rows: int = Field(262_144, gt=0, description="rows read per chunk when streaming")
+
+    @model_validator(mode="after")
+    def _check_features(self) -> "DataConfig":
+        names = [f.name for f in self.features]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"features listed twice: {sorted(dupes)}")
+        if self.item_id not in names:
+            raise ValueError(f"the item id column {self.item_id!r} must be listed in features "
+                             "(side: item)")
+        for f in self.features:
+            if f.vocab_from is not None and f.vocab_from not in names:
+                raise ValueError(f"feature {f.name!r}: vocab_from {f.vocab_from!r} is not a feature")
+        if not any(f.side == Side.QUERY for f in self.features):
+            raise ValueError("no feature has side: query")
+        return self
+
+
+class ModelConfig(StrictModel):
+    """Fields every model shares; a model may register a subclass with more."""
+
+    name: str = "dssm"
+    embedding_dim: int = Field(64, gt=0)
+    hidden: list[int] = Field(default_factory=lambda: [256])
+    output_dim: int = Field(64, gt=0)
+    temperature: float = Field(0.05, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class FrequencyEstimatorConfig(StrictModel):
+    num_buckets: int = Field(2**20, gt=0)
+    num_hashes: int = Field(1, gt=0)
+    alpha: float = Field(0.01, gt=0, le=1)
+
+
+class ObjectiveConfig(StrictModel):
+    name: Literal["in_batch_softmax", "mixed_negatives", "pointwise_bce"] = "in_batch_softmax"
+    logq_correction: bool = True
+    remove_accidental_hits: bool = True
+    uniform_negatives: int = Field(0, ge=0, description="mixed negatives: corpus draws per batch")
+    estimator: FrequencyEstimatorConfig = Field(default_factory=FrequencyEstimatorConfig)
+
+
+class TrainConfig(StrictModel):
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(1024, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU)")
+    checkpoint_every: int = Field(1000, gt=0, description="steps between checkpoints")
+    keep_checkpoints: int = Field(2, gt=0)
+    early_stopping_patience: int | None = Field(3, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    progress: bool = True
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's)")
+
+
+class EvalConfig(StrictModel):
+    ks: list[int] = Field(default_factory=lambda: [10, 50])
+    group_by: str | None = Field(
+        None, description="column that identifies one request (e.g. search_id): its rows' items "
+        "are the targets of one ranking. Default: every row is one request")
+    exclude_seen_by: str | None = Field(
+        None, description="column identifying a user whose training items are removed from "
+        "their ranking (e.g. user_id). Default: nothing removed")
+    chunk_size: int = Field(1024, gt=0)
+    metric: str = Field("hr@50", description="validation metric for early stopping")
+
+
+class RunConfig(StrictModel):
+    name: str = "run"
+    run_dir: Path | None = Field(None, description="default: runs/<name>")
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_by_name(cls, value: Any) -> Any:
+        # The model's own config class decides which fields are valid.
+        from twotower.models import model_config_class
+
+        if isinstance(value, ModelConfig):
+            value = value.model_dump()
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ValueError("model must be a mapping")
+        return model_config_class(value.get("name", "dssm")).model_validate(value)
+
+    @property
+    def resolved_run_dir(self) -> Path:
+        return self.run_dir if self.run_dir is not None else Path("runs") / self.name
+
+
+def _format_errors(err: ValidationError, source: str, raw: Any) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+            parent_loc, name = e["loc"][:-1], str(e["loc"][-1])
+            known = _known_fields(parent_loc, raw)
+            close = difflib.get_close_matches(name, known, n=1)
+            if close:
+                msg += f" (did you mean {close[0]!r}?)"
+        elif "input" in e and not isinstance(e["input"], (dict, list)):
+            msg += f" (got {e['input']!r})"
+        lines.append(f"  {path}: {msg}")
+    return "\n".join(lines)
+
+
+def _known_fields(loc: tuple, raw: Any) -> list[str]:
+    """Field names valid at ``loc`` (a pydantic error location), for 'did you mean'."""
+    model: type[BaseModel] | None = RunConfig
+    for part in loc:
+        if model is None or isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        ann = field.annotation
+        if part == "model":
+            from twotower.models import model_config_class
+
+            name = (raw or {}).get("model", {}).get("name", "dssm") if isinstance(raw, dict) else "dssm"
+            try:
+                model = model_config_class(name)
+            except Exception:
+                model = ModelConfig
+            continue
+        args = getattr(ann, "__args__", ())
+        candidates = [ann, *args]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return list(model.model_fields) if model is not None else []
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """Turn ``["train.lr=3e-4", "model.hidden=[128,64]"]`` into a nested mapping."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
+        key, _, text = item.partition("=")
+        value = yaml.safe_load(text) if text else None
+        node = tree
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return tree
+
+
+def merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def validate_config(raw: Any, source: str = "config") -> RunConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source, raw)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config, apply ``--set`` overrides, and validate it.
+
+    Relative data paths are resolved against the config file's folder, so a config can travel
+    with its data.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the config file is empty")
+    if overrides:
+        raw = merge(raw, parse_overrides(overrides))
+    cfg = validate_config(raw, str(path))
+    base = path.parent
+    for key in ("train", "valid", "test", "items"):
+        p = getattr(cfg.data, key)
+        if p is not None and not p.is_absolute() and not p.exists() and (base / p).exists():
+            setattr(cfg.data, key, base / p)
+    return cfg
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,124 @@
+"""Read logs from Parquet or CSV/TSV as Arrow tables, streaming in chunks.
+
+Parquet is read row group by row group (``ParquetFile.iter_batches``), so a log larger than
+memory can be fitted and trained on chunk by chunk. Every problem is reported with the file and
+the column.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from twotower.errors import DataError
+
+PARQUET_SUFFIXES = {".parquet", ".pq"}
+DELIMITED_SUFFIXES = {".csv": ",", ".tsv": "\t", ".txt": "\t", ".inter": "\t"}
+
+
+@dataclass
+class TableSource:
+    """A tabular file on disk: its schema, and chunked reads of some of its columns."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        if not self.path.exists():
+            raise DataError(f"{self.path}: file not found")
+        if self.path.is_dir():
+            raise DataError(f"{self.path}: is a folder, expected a Parquet or CSV/TSV file")
+        if self.path.stat().st_size == 0:
+            raise DataError(f"{self.path}: the file is empty")
+        suffix = self.path.suffix.lower()
+        if suffix not in PARQUET_SUFFIXES and suffix not in DELIMITED_SUFFIXES:
+            raise DataError(f"{self.path}: unknown file type {suffix!r}; expected one of "
+                            f"{sorted(PARQUET_SUFFIXES | set(DELIMITED_SUFFIXES))}")
+        self.is_parquet = suffix in PARQUET_SUFFIXES
+        try:
+            if self.is_parquet:
+                self._pq = pq.ParquetFile(self.path)
+                self.schema = self._pq.schema_arrow
+            else:
+                self.schema = self._csv_reader(block_size=1 << 16).schema
+        except (pa.ArrowInvalid, OSError) as err:
+            raise DataError(f"{self.path}: cannot be read as "
+                            f"{'Parquet' if self.is_parquet else 'CSV/TSV'}: {err}") from None
+
+    def _csv_reader(self, block_size: int = 1 << 24) -> pacsv.CSVStreamingReader:
+        delimiter = DELIMITED_SUFFIXES[self.path.suffix.lower()]
+        return pacsv.open_csv(
+            self.path,
+            read_options=pacsv.ReadOptions(block_size=block_size),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter),
+        )
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.schema.names)
+
+    def require(self, columns: Sequence[str], why: str = "") -> None:
+        missing = [c for c in columns if c not in self.schema.names]
+        if missing:
+            raise DataError(
+                f"{self.path}: missing column{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(repr(c) for c in missing)}{f' ({why})' if why else ''}; "
+                f"the file has: {', '.join(self.schema.names)}")
+
+    def iter_chunks(self, columns: Sequence[str] | None = None,
+                    chunk_rows: int = 262_144) -> Iterator[pa.Table]:
+        """Yield the file as tables of at most ``chunk_rows`` rows (row groups stream from disk)."""
+        if columns is not None:
+            self.require(columns)
+            columns = list(dict.fromkeys(columns))
+        if self.is_parquet:
+            for rb in self._pq.iter_batches(batch_size=chunk_rows, columns=columns):
+                yield pa.Table.from_batches([rb])
+            return
+        reader = self._csv_reader()
+        pending: list[pa.RecordBatch] = []
+        rows = 0
+        for rb in reader:
+            if columns is not None:
+                rb = rb.select(columns)
+            pending.append(rb)
+            rows += rb.num_rows
+            if rows >= chunk_rows:
+                yield pa.Table.from_batches(pending)
+                pending, rows = [], 0
+        if pending:
+            yield pa.Table.from_batches(pending)
+
+    def read(self, columns: Sequence[str] | None = None) -> pa.Table:
+        chunks = list(self.iter_chunks(columns))
+        if not chunks:
+            raise DataError(f"{self.path}: the file has no rows")
+        table = pa.concat_tables(chunks) if len(chunks) > 1 else chunks[0]
+        if table.num_rows == 0:
+            raise DataError(f"{self.path}: the file has no rows")
+        return table
+
+    @property
+    def num_rows(self) -> int | None:
+        return self._pq.metadata.num_rows if self.is_parquet else None
+
+
+def filter_split(table: pa.Table, column: str | None, value: str | None, path: Path) -> pa.Table:
+    """Keep the rows whose ``column`` equals ``value`` (no-op when either is None)."""
+    if column is None or value is None:
+        return table
+    if column not in table.column_names:
+        raise DataError(f"{path}: missing split column {column!r}")
+    return table.filter(pc.equal(table[column].cast(pa.string()), value))
+
+
+def write_parquet(table: pa.Table, path: str | Path, row_group_size: int = 131_072) -> Path:
+    """Write a table atomically (temporary name in the same folder, then rename)."""
+    from twotower.run import atomic_write
+
+    return atomic_write(path, lambda p: pq.write_table(table, p, row_group_size=row_group_size))

@@ -1,0 +1,220 @@
+"""Encoded logs and item corpora, and the batches the Trainer consumes.
+
+Features are encoded once per chunk into NumPy columns; a batch is a slice of a shuffled index —
+no per-example Python objects, no collate function.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from twotower.data.readers import TableSource, filter_split
+from twotower.errors import DataError
+from twotower.features.feature_set import Encoded, FeatureSet
+from twotower.types import Batch, Side
+
+SPLIT_NAMES = ("train", "valid", "test")
+
+
+def _take(enc: Encoded, idx: np.ndarray) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v[idx]) for k, v in enc.items()}
+
+
+@dataclass
+class EncodedLog:
+    """Training rows held in memory as encoded columns."""
+
+    query: Encoded
+    item: Encoded
+    item_index: np.ndarray  # int64 [R]
+    label: np.ndarray | None = None  # float32 [R]
+    weight: np.ndarray | None = None  # float32 [R]
+    raw: dict[str, np.ndarray] = field(default_factory=dict)  # untouched extra columns
+
+    def __len__(self) -> int:
+        return len(self.item_index)
+
+    def num_batches(self, batch_size: int, drop_last: bool = True) -> int:
+        return len(self) // batch_size if drop_last else -(-len(self) // batch_size)
+
+    def select(self, mask: np.ndarray) -> "EncodedLog":
+        pick = lambda d: {k: v[mask] for k, v in d.items()}  # noqa: E731
+        return EncodedLog(pick(self.query), pick(self.item), self.item_index[mask],
+                          None if self.label is None else self.label[mask],
+                          None if self.weight is None else self.weight[mask], pick(self.raw))
+
+    def batch(self, idx: np.ndarray) -> Batch:
+        return Batch(
+            query=_take(self.query, idx), item=_take(self.item, idx),
+            item_ids=torch.from_numpy(self.item_index[idx]),
+            label=None if self.label is None else torch.from_numpy(self.label[idx]),
+            weight=None if self.weight is None else torch.from_numpy(self.weight[idx]),
+        )
+
+    def batches(self, batch_size: int, epoch: int = 0, seed: int = 0, skip: int = 0,
+                shuffle: bool = True, drop_last: bool = True) -> Iterator[Batch]:
+        """Batches of one epoch; the order depends only on (seed, epoch), so a resumed run
+        that skips ``skip`` batches sees exactly what the interrupted run would have seen."""
+        order = (np.random.default_rng([seed, epoch]).permutation(len(self)) if shuffle
+                 else np.arange(len(self)))
+        for b in range(skip, self.num_batches(batch_size, drop_last)):
+            yield self.batch(order[b * batch_size:(b + 1) * batch_size])
+
+    @staticmethod
+    def concat(parts: list["EncodedLog"]) -> "EncodedLog":
+        if len(parts) == 1:
+            return parts[0]
+        cat = lambda key: {k: np.concatenate([getattr(p, key)[k] for p in parts])  # noqa: E731
+                           for k in getattr(parts[0], key)}
+        opt = lambda key: None if getattr(parts[0], key) is None else np.concatenate(  # noqa: E731
+            [getattr(p, key) for p in parts])
+        return EncodedLog(cat("query"), cat("item"), np.concatenate([p.item_index for p in parts]),
+                          opt("label"), opt("weight"), cat("raw"))
+
+
+def _numeric(table: pa.Table, column: str, path, what: str) -> np.ndarray:
+    if column not in table.column_names:
+        raise DataError(f"{path}: missing {what} column {column!r}; the file has: "
+                        f"{', '.join(table.column_names)}")
+    col = table[column]
+    t = col.type
+    if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
+        raise DataError(f"{path}: {what} column {column!r} has type {t}, expected a number")
+    x = np.asarray(col.cast(pa.float32()).fill_null(np.nan).to_numpy(zero_copy_only=False))
+    bad = ~np.isfinite(x)
+    if bad.all():
+        raise DataError(f"{path}: {what} column {column!r} has no values: every row is null/NaN")
+    return x
+
+
+class LogReader:
+    """Reads one split of the log described by a DataConfig, chunk by chunk."""
+
+    def __init__(self, data_cfg, features: FeatureSet, extra_columns: list[str] | None = None):
+        self.cfg = data_cfg
+        self.features = features
+        self.extra_columns = list(extra_columns or [])
+
+    def path(self, split: str):
+        if self.cfg.split_column is not None:
+            return self.cfg.train
+        return getattr(self.cfg, split)
+
+    def source(self, split: str) -> TableSource | None:
+        path = self.path(split)
+        if path is None:
+            return None
+        src = TableSource(path)
+        self.features.check_schema(src.schema, path)
+        needed = [c for c in (self.cfg.label, self.cfg.weight, self.cfg.split_column) if c]
+        src.require(needed + self.extra_columns, "declared in data")
+        return src
+
+    def columns(self) -> list[str]:
+        cols = self.features.columns() + [c for c in (self.cfg.label, self.cfg.weight) if c]
+        if self.cfg.split_column:
+            cols.append(self.cfg.split_column)
+        return list(dict.fromkeys(cols + self.extra_columns))
+
+    def chunks(self, split: str, columns: list[str] | None = None) -> Iterator[pa.Table]:
+        src = self.source(split)
+        if src is None:
+            return
+        value = split if self.cfg.split_column else None
+        columns = list(columns or self.columns())
+        if self.cfg.split_column and self.cfg.split_column not in columns:
+            columns.append(self.cfg.split_column)
+        for chunk in src.iter_chunks(columns, self.cfg.chunk_rows):
+            chunk = filter_split(chunk, self.cfg.split_column, value, src.path)
+            if chunk.num_rows:
+                yield chunk
+
+    def encode_chunk(self, chunk: pa.Table, positives_only: bool) -> EncodedLog:
+        path = self.path("train")
+        label = _numeric(chunk, self.cfg.label, path, "label") if self.cfg.label else None
+        weight = _numeric(chunk, self.cfg.weight, path, "weight") if self.cfg.weight else None
+        if weight is not None:
+            weight = np.where(np.isfinite(weight), weight, 0.0).astype(np.float32)
+        if label is not None:
+            label = np.where(np.isfinite(label), label, 0.0).astype(np.float32)
+            if positives_only:
+                keep = label > 0
+                chunk = chunk.filter(pa.array(keep))
+                label = label[keep]
+                weight = None if weight is None else weight[keep]
+        q = self.features.encode(chunk, Side.QUERY)
+        i = self.features.encode(chunk, Side.ITEM)
+        raw = {c: np.asarray(chunk[c].to_numpy(zero_copy_only=False)) for c in self.extra_columns}
+        return EncodedLog(q, i, i[self.features.item_id], label, weight, raw)
+
+    def load(self, split: str, positives_only: bool = False) -> EncodedLog | None:
+        """Encode a whole split into memory (None if the config has no such split)."""
+        if self.path(split) is None:
+            return None
+        parts = [self.encode_chunk(c, positives_only) for c in self.chunks(split)]
+        if not parts:
+            raise DataError(f"{self.path(split)}: no rows for split {split!r}")
+        log = EncodedLog.concat(parts)
+        if len(log) == 0:
+            raise DataError(f"{self.path(split)}: no positive rows for split {split!r}")
+        return log
+
+
+@dataclass
+class ItemCorpus:
+    """Every retrievable item: raw id, encoded index and encoded item features (one row each)."""
+
+    ids: pa.Array  # raw item ids
+    index: np.ndarray  # int64 [N] encoded item ids
+    features: Encoded
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def tensors(self, rows: np.ndarray | slice = slice(None)) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(np.ascontiguousarray(v[rows])) for k, v in self.features.items()}
+
+
+def build_corpus(tables: list[pa.Table], features: FeatureSet) -> ItemCorpus:
+    """Distinct known items of ``tables`` (first row of each wins), OOV ids dropped."""
+    cols = features.columns(Side.ITEM)
+    table = pa.concat_tables([t.select(cols) for t in tables]) if len(tables) > 1 else tables[0].select(cols)
+    enc = features.encode(table, Side.ITEM, count=False)
+    index = enc[features.item_id]
+    uniq, first = np.unique(index, return_index=True)
+    keep = first[uniq >= 2]
+    raw_ids = pc.take(table[features.configs[features.item_id].source], pa.array(keep))
+    return ItemCorpus(raw_ids.combine_chunks(), index[keep], {k: v[keep] for k, v in enc.items()})
+
+
+class StreamingLog:
+    """A training split read chunk by chunk from disk on every epoch (logs larger than memory).
+
+    Each chunk is encoded, shuffled (seeded by seed, epoch and chunk number) and cut into batches;
+    the rows left over at a chunk's end are carried into the next one, so no row is dropped
+    except the final partial batch.
+    """
+
+    def __init__(self, reader: LogReader, split: str = "train", positives_only: bool = False):
+        self.reader, self.split, self.positives_only = reader, split, positives_only
+
+    def batches(self, batch_size: int, epoch: int = 0, seed: int = 0, skip: int = 0,
+                shuffle: bool = True) -> Iterator[Batch]:
+        carry: EncodedLog | None = None
+        produced = 0
+        for n, chunk in enumerate(self.reader.chunks(self.split)):
+            log = self.reader.encode_chunk(chunk, self.positives_only)
+            log = log if carry is None else EncodedLog.concat([carry, log])
+            order = (np.random.default_rng([seed, epoch, n]).permutation(len(log)) if shuffle
+                     else np.arange(len(log)))
+            full = len(log) // batch_size
+            for b in range(full):
+                if produced >= skip:
+                    yield log.batch(order[b * batch_size:(b + 1) * batch_size])
+                produced += 1
+            carry = log.select(order[full * batch_size:])

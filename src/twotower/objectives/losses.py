@@ -1,0 +1,138 @@
+"""Training losses: plain functions of logits, vectorised over the batch.
+
+Every loss takes an optional per-example ``weight[B]`` and returns the weighted mean
+``sum(w * loss) / sum(w)`` (0 when every weight is 0) as a scalar of at least float32: fp16 / bf16
+logits are upcast before the log-softmax so masked entries and large logits stay finite.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def logq_correct(logits: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """Sampling-bias (log-Q) correction: ``logits[B, N] - log_q[None, :]``.
+
+    Yi et al., "Sampling-Bias-Corrected Neural Modeling for Large Corpus Item Recommendations" (RecSys 2019).
+
+    ``log_q[N]`` is the log of each candidate's expected count per batch (see ``negatives``).
+    Frequent candidates are sampled as negatives more often than the softmax assumes; subtracting
+    ``log q`` undoes that bias. Returns ``Tensor[B, N]`` in the logits' dtype.
+    """
+    return logits - log_q.to(logits.dtype)[None, :]
+
+
+def remove_accidental_hits(
+    logits: torch.Tensor,
+    positive_ids: torch.Tensor,
+    candidate_ids: torch.Tensor,
+    positive_column: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mask candidates that are the row's own positive item: they must not act as negatives.
+
+    logits[B, N]; positive_ids[B]; candidate_ids[N]; positive_column[B] or None: the column
+    holding row i's positive, which stays unmasked (None: the positive is not among the
+    candidates, so every match is masked). Matches are set to ``finfo(dtype).min / 2``: their
+    softmax probability is exactly 0 and no gradient reaches them, and halving keeps
+    ``x - max`` inside the dtype's range (finite in fp16 / bf16). Returns a new ``Tensor[B, N]``.
+    """
+    hits = positive_ids[:, None] == candidate_ids[None, :]
+    if positive_column is not None:
+        rows = torch.arange(hits.shape[0], device=hits.device)
+        hits[rows, positive_column] = False
+    return logits.masked_fill(hits, torch.finfo(logits.dtype).min / 2)
+
+
+def in_batch_softmax(
+    logits: torch.Tensor,
+    item_ids: torch.Tensor,
+    log_q: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    remove_hits: bool = True,
+) -> torch.Tensor:
+    """In-batch sampled softmax: row i's positive is column i, the other items are negatives.
+
+    Yi et al., "Sampling-Bias-Corrected Neural Modeling for Large Corpus Item Recommendations" (RecSys 2019).
+
+    logits[B, B] query-item scores (``Q @ I.T``); item_ids[B] encoded items of the batch;
+    log_q[B] or None: log expected count per batch of each item (``in_batch_candidates``),
+    subtracted from every column, the diagonal included, as in the paper; weight[B] or None.
+    With ``remove_hits``, columns j != i whose item equals row i's item are masked. Returns the
+    weighted mean cross-entropy, a scalar.
+    """
+    if log_q is not None:
+        logits = logq_correct(logits, log_q)
+    diagonal = torch.arange(logits.shape[0], device=logits.device)
+    if remove_hits:
+        logits = remove_accidental_hits(logits, item_ids, item_ids, diagonal)
+    return softmax_cross_entropy(logits, diagonal, weight)
+
+
+def mixed_negative_softmax(
+    pos_logits: torch.Tensor,
+    batch_logits: torch.Tensor,
+    batch_ids: torch.Tensor,
+    batch_log_q: torch.Tensor,
+    extra_logits: torch.Tensor,
+    extra_ids: torch.Tensor,
+    extra_log_q: torch.Tensor,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mixed negative sampling: in-batch items plus extra (uniform) corpus draws as candidates.
+
+    Yang et al., "Mixed Negative Sampling for Learning Two-tower Neural Networks in Recommendations" (WWW 2020).
+
+    pos_logits[B] row i's score with its positive; it replaces the diagonal of
+    batch_logits[B, B] (equal to it when ``batch_logits = Q @ I.T``); batch_ids[B],
+    batch_log_q[B] the in-batch candidates; extra_logits[B, N'], extra_ids[N'], extra_log_q[N']
+    the extra candidates (``UniformSampler.sample``). Each kind is corrected by its own log_q
+    (same unit: expected count per batch), the scores are concatenated to ``[B, B + N']``,
+    every candidate equal to row i's positive other than column i is masked, and the loss is
+    the weighted mean cross-entropy with the positive at column i. With N' = 0 it equals
+    ``in_batch_softmax(batch_logits, batch_ids, batch_log_q, weight)``. Returns a scalar.
+    """
+    batch_logits = torch.diagonal_scatter(batch_logits, pos_logits.to(batch_logits.dtype))
+    logits = torch.cat([batch_logits, extra_logits.to(batch_logits.dtype)], dim=1)
+    candidate_ids = torch.cat([batch_ids, extra_ids])
+    log_q = torch.cat([batch_log_q.to(logits.dtype), extra_log_q.to(logits.dtype)])
+    diagonal = torch.arange(logits.shape[0], device=logits.device)
+    logits = remove_accidental_hits(logq_correct(logits, log_q), batch_ids, candidate_ids, diagonal)
+    return softmax_cross_entropy(logits, diagonal, weight)
+
+
+def binary_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Pointwise click / no-click loss: logits[B], labels[B] in {0, 1} (or soft), weight[B].
+
+    Returns the weighted mean of ``BCEWithLogits``, a scalar.
+    """
+    logits = _at_least_float32(logits)
+    losses = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none")
+    return _weighted_mean(losses, weight)
+
+
+def softmax_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Multi-class cross-entropy: logits[B, C], labels[B] class indices, weight[B].
+
+    Returns the weighted mean over rows, a scalar.
+    """
+    losses = F.cross_entropy(_at_least_float32(logits), labels, reduction="none")
+    return _weighted_mean(losses, weight)
+
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _weighted_mean(losses: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    if weight is None:
+        return losses.mean()
+    if weight.shape != losses.shape:
+        raise ValueError(f"weight must have shape {tuple(losses.shape)}, got {tuple(weight.shape)}")
+    weight = weight.to(losses.dtype)
+    total = weight.sum()
+    # All-zero weights: nothing to learn from this batch, loss 0 (not 0/0 = NaN).
+    return (weight * losses).sum() / torch.where(total > 0, total, torch.ones_like(total))

@@ -1,0 +1,76 @@
+"""Ready-made run configs for the built-in data (the demo, the benchmarks, ``examples/``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from twotower.config import RunConfig, validate_config
+
+
+def simulator_config(data_dir: str | Path, run_dir: str | Path, **sections) -> RunConfig:
+    """DSSM on the sponsored-search simulator's impressions: one request per search, its clicked
+    ads are the targets; query tower = user id + query text, ad tower = ad id + title + category
+    + advertiser."""
+    data_dir = Path(data_dir)
+    raw = {
+        "name": "simulator",
+        "run_dir": str(run_dir),
+        "data": {
+            "train": str(data_dir / "impressions.parquet"),
+            "items": str(data_dir / "ads.parquet"),
+            "split_column": "split",
+            "item_id": "ad_id",
+            "label": "click",
+            "features": [
+                {"name": "user_id", "side": "query"},
+                {"name": "query_text", "side": "query", "kind": "text",
+                 "tokens": ["word", "char3"], "num_buckets": 50_000, "max_len": 32},
+                {"name": "ad_id", "side": "item"},
+                {"name": "ad_title", "side": "item", "kind": "text",
+                 "tokens": ["word", "char3"], "num_buckets": 50_000, "max_len": 48},
+                {"name": "ad_category", "side": "item"},
+                {"name": "advertiser_id", "side": "item"},
+            ],
+        },
+        "model": {"name": "dssm", "embedding_dim": 32, "hidden": [128], "output_dim": 32,
+                  "temperature": 0.05},
+        "train": {"epochs": 5, "batch_size": 512, "lr": 0.003, "checkpoint_every": 2000,
+                  "early_stopping_patience": 2},
+        "eval": {"ks": [10, 50, 100], "group_by": "search_id", "metric": "recall@50"},
+    }
+    return validate_config(_merge(raw, sections), "simulator preset")
+
+
+def movielens_config(data_dir: str | Path, run_dir: str | Path, **sections) -> RunConfig:
+    """DSSM with history pooling on MovieLens (``prepare_movielens`` output), BENCHMARK.md §1."""
+    data_dir = Path(data_dir)
+    raw = {
+        "name": "movielens",
+        "run_dir": str(run_dir),
+        "data": {
+            "train": str(data_dir / "interactions.parquet"),
+            "items": str(data_dir / "items.parquet"),
+            "split_column": "split",
+            "item_id": "item_id",
+            "features": [
+                {"name": "user_id", "side": "query"},
+                {"name": "history", "side": "query", "kind": "sequence", "vocab_from": "item_id",
+                 "max_len": 50},
+                {"name": "gender", "side": "query"},
+                {"name": "age", "side": "query"},
+                {"name": "occupation", "side": "query"},
+                {"name": "item_id", "side": "item"},
+                {"name": "genres", "side": "item", "kind": "sequence", "max_len": 6},
+            ],
+        },
+        "model": {"name": "dssm", "embedding_dim": 64, "hidden": [256], "output_dim": 64,
+                  "temperature": 0.05},
+        "train": {"epochs": 20, "batch_size": 1024, "lr": 0.003, "checkpoint_every": 100_000},
+        "eval": {"ks": [10, 50], "exclude_seen_by": "user_id", "metric": "hr@50"},
+    }
+    return validate_config(_merge(raw, sections), "movielens preset")
+
+
+def _merge(base: dict, update: dict) -> dict:
+    from twotower.config import merge
+
+    return merge(base, update)

@@ -1,0 +1,83 @@
+"""Field embeddings: one table per vocabulary, shared by every feature that uses it.
+
+A watch history declared with ``vocab_from: item_id`` reads the item id's table, so a user is
+represented by (the mean of) the very vectors the item tower learns for what they watched.
+Sequences and texts are mean-pooled over their non-padding positions (``F.embedding_bag`` with
+``padding_idx=0``: no Python loop, no [B, L, E] tensor materialised).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from twotower.config import FeatureKind
+from twotower.types import Features, Side
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """What a model needs to know about one feature to embed it."""
+
+    kind: FeatureKind
+    side: Side
+    cardinality: int  # embedding rows (0 for dense)
+    table: str  # name of the table it reads (the vocabulary's owner)
+    dim: int  # embedding dimension
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["kind"], d["side"] = self.kind.value, self.side.value
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "FieldSpec":
+        return cls(FeatureKind(d["kind"]), Side(d["side"]), d["cardinality"], d["table"], d["dim"])
+
+
+#: feature name -> FieldSpec, in config order
+FeatureSchema = dict[str, FieldSpec]
+
+
+def side_fields(schema: FeatureSchema, side: Side) -> list[str]:
+    return [n for n, s in schema.items() if s.side == side]
+
+
+class FieldEmbedding(nn.Module):
+    """Embeds every feature of a schema; ``forward(features, names)`` -> list of [B, E_f]."""
+
+    def __init__(self, schema: FeatureSchema):
+        super().__init__()
+        self.schema = dict(schema)
+        self.tables = nn.ModuleDict()
+        self.dense = nn.ModuleDict()
+        for name, spec in schema.items():
+            if spec.kind == FeatureKind.DENSE:
+                self.dense[name] = nn.Linear(1, spec.dim)
+            elif spec.table == name:
+                table = nn.Embedding(spec.cardinality, spec.dim, padding_idx=0)
+                nn.init.normal_(table.weight, std=0.05)
+                with torch.no_grad():
+                    table.weight[0].zero_()
+                self.tables[name] = table
+        for name, spec in schema.items():
+            if spec.kind != FeatureKind.DENSE and spec.table not in self.tables:
+                raise ValueError(f"feature {name!r} reads table {spec.table!r}, which no feature owns")
+
+    def embed(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        spec = self.schema[name]
+        if spec.kind == FeatureKind.DENSE:
+            return self.dense[name](x.float().unsqueeze(-1))  # [B] -> [B, E]
+        weight = self.tables[spec.table].weight
+        if x.dim() == 2:  # [B, L] -> mean over non-padding positions -> [B, E]
+            return F.embedding_bag(x, weight, mode="mean", padding_idx=0)
+        return F.embedding(x, weight, padding_idx=0)  # [B] -> [B, E]
+
+    def forward(self, features: Features, names: list[str]) -> list[torch.Tensor]:
+        return [self.embed(n, features[n]) for n in names]
+
+    def stacked(self, features: Features, names: list[str]) -> torch.Tensor:
+        """[B, F, E] — requires every named field to share one embedding dimension."""
+        return torch.stack(self(features, names), dim=1)

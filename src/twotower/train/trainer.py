@@ -1,0 +1,239 @@
+"""The one Trainer. It knows no model: it calls ``task.loss(model, batch, step)``.
+
+Devices and AMP, gradient clipping, seeded determinism, a progress bar, metrics to JSONL,
+validation each epoch with early stopping, checkpoints every N steps and exact resumption all
+live here and nowhere else.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from twotower.config import TrainConfig
+from twotower.errors import ArtifactError
+from twotower.run import RunDir, atomic_write
+from twotower.train.checkpoint import (list_checkpoints, load_checkpoint, load_weights,
+                                       save_checkpoint, save_weights)
+from twotower.types import Batch
+
+
+class BatchSource(Protocol):
+    def batches(self, batch_size: int, epoch: int = 0, seed: int = 0, skip: int = 0) -> Iterator[Batch]: ...
+
+
+class Task(Protocol):
+    def loss(self, model: nn.Module, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ArtifactError(f"train.device: {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    epochs_run: int
+    best_metric: float | None
+    best_epoch: int | None
+    examples: int
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.examples / self.seconds if self.seconds > 0 else float("nan")
+
+
+class Trainer:
+    """``Trainer(model, task, cfg.train, run_dir).fit(data, validate=...)``.
+
+    ``validate(model) -> dict`` is called after every epoch; ``metric`` names the value to
+    maximise for early stopping and best-weights selection (ignored without ``validate``).
+    """
+
+    LOG_EVERY = 50
+
+    def __init__(self, model: nn.Module, task: nn.Module, cfg: TrainConfig,
+                 run_dir: RunDir | None = None):
+        self.model, self.task, self.cfg = model, task, cfg
+        self.run_dir = run_dir
+        self.device = resolve_device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.model.to(self.device)
+        self.task.to(self.device)
+        params = [p for p in list(model.parameters()) + list(task.parameters()) if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.amp = cfg.amp and self.device.type == "cuda"
+        # state that a checkpoint restores
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.step = 0
+        self.best_metric: float | None = None
+        self.best_epoch: int | None = None
+        self.bad_epochs = 0
+        self.examples = 0
+        self.history: list[dict[str, Any]] = []
+
+    # ---- checkpoints
+    def _state(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "task": self.task.state_dict(),
+            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
+            "best_metric": self.best_metric, "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs, "examples": self.examples,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.run_dir is not None:
+            save_checkpoint(self.run_dir.checkpoints, self.step, self.model, self._state(),
+                            keep=self.cfg.keep_checkpoints)
+
+    def resume(self) -> bool:
+        """Restore the newest checkpoint of the run folder; False when there is none."""
+        if self.run_dir is None:
+            return False
+        ckpts = list_checkpoints(self.run_dir.checkpoints)
+        if not ckpts:
+            return False
+        st = load_checkpoint(ckpts[-1], self.model)
+        try:
+            self.optimizer.load_state_dict(st["optimizer"])
+            self.task.load_state_dict(st["task"])
+            for k in ("epoch", "batch_in_epoch", "step", "best_metric", "best_epoch",
+                      "bad_epochs", "examples"):
+                setattr(self, k, st[k])
+            torch.set_rng_state(st["torch_rng"])
+            if st["cuda_rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(st["cuda_rng"])
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise ArtifactError(f"checkpoint {ckpts[-1]}: incompatible trainer state ({err})") from None
+        self.model.to(self.device)
+        self.task.to(self.device)
+        return True
+
+    # ---- logging
+    def _log(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        if self.run_dir is not None:
+            with open(self.run_dir.metrics_log, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # ---- the loop
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        self.model.train()
+        self.task.train()
+        batch = batch.to(self.device)
+        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+        with ctx:
+            loss, logs = self.task.loss(self.model, batch, self.step)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; lower train.lr "
+                                     "or check the inputs for extreme values")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        self.examples += len(batch)
+        return {"loss": float(loss.detach()), **logs}
+
+    def fit(self, data: BatchSource, validate: Callable[[nn.Module], dict] | None = None,
+            metric: str | None = None, resume: bool = False,
+            num_batches: int | None = None) -> TrainResult:
+        if resume:
+            self.resume()
+        else:
+            seed_everything(self.cfg.seed)
+        best_path = self.run_dir.root / "best.safetensors" if self.run_dir else None
+        best_state: dict[str, torch.Tensor] | None = None
+        train_seconds = 0.0
+        stop = False
+        while self.epoch < self.cfg.epochs and not stop:
+            t0 = time.perf_counter()
+            running, n_logged = 0.0, 0
+            batches = data.batches(self.cfg.batch_size, epoch=self.epoch, seed=self.cfg.seed,
+                                   skip=self.batch_in_epoch)
+            bar = _progress(batches, self.cfg.progress, num_batches, self.batch_in_epoch,
+                            f"epoch {self.epoch + 1}/{self.cfg.epochs}")
+            for batch in bar:
+                logs = self.train_step(batch)
+                self.batch_in_epoch += 1
+                running += logs["loss"]
+                n_logged += 1
+                if self.step % self.LOG_EVERY == 0:
+                    self._log({"step": self.step, "epoch": self.epoch, **logs})
+                    if hasattr(bar, "set_postfix"):
+                        bar.set_postfix(loss=f"{running / n_logged:.4f}")
+                if self.step % self.cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if self.cfg.max_steps and self.step >= self.cfg.max_steps:
+                    stop = True
+                    break
+            train_seconds += time.perf_counter() - t0
+            if stop:
+                break
+            record: dict[str, Any] = {"epoch": self.epoch, "step": self.step,
+                                      "train_loss": running / max(n_logged, 1),
+                                      "seconds": time.perf_counter() - t0}
+            if validate is not None:
+                scores = validate(self.model)
+                record["valid"] = scores
+                value = scores.get(metric) if metric else None
+                if value is not None and not math.isnan(value):
+                    if self.best_metric is None or value > self.best_metric:
+                        self.best_metric, self.best_epoch, self.bad_epochs = value, self.epoch, 0
+                        if best_path is not None:
+                            save_weights(self.model, best_path)
+                        else:
+                            best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                    else:
+                        self.bad_epochs += 1
+            self._log(record)
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            self.save_checkpoint()
+            if (self.cfg.early_stopping_patience is not None and validate is not None
+                    and self.bad_epochs >= self.cfg.early_stopping_patience):
+                break
+        # finish on the best validated weights
+        if best_path is not None and best_path.is_file() and self.best_epoch is not None:
+            load_weights(self.model, best_path)
+        elif best_state is not None:
+            self.model.load_state_dict(best_state)
+        if self.run_dir is not None:
+            save_weights(self.model, self.run_dir.weights)
+        return TrainResult(self.step, self.epoch, self.best_metric, self.best_epoch,
+                           self.examples, train_seconds, self.history)
+
+
+def _progress(it: Iterator, enabled: bool, total: int | None, initial: int, desc: str):
+    if not enabled or not sys.stderr.isatty():
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
