@@ -29,6 +29,9 @@ class EvalRequests:
     exclude: CSR  # corpus positions removed from each request's ranking
     keys: np.ndarray  # the group key of each request
     unknown_targets: int = 0  # target rows whose item is not in the corpus (counted, skipped)
+    #: requests whose every target is unknown to the corpus: they cannot be ranked, so they
+    #: count as misses (zero in every metric) instead of silently shrinking the denominator
+    missed_requests: int = 0
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -110,7 +113,9 @@ def build_requests(table: pa.Table, features: FeatureSet, corpus: ItemCorpus,
     else:
         exclude = (np.zeros(len(uniq) + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
     has_target = np.diff(targets[0]) > 0
-    req = EvalRequests(query, targets, exclude, uniq, unknown_targets=int((~known).sum()))
+    missed = int(len(np.unique(inverse[~known])) - len(np.intersect1d(inverse[~known], inverse[known])))
+    req = EvalRequests(query, targets, exclude, uniq, unknown_targets=int((~known).sum()),
+                       missed_requests=missed)
     return _subset(req, has_target) if not has_target.all() else req
 
 
@@ -123,7 +128,7 @@ def _subset(req: EvalRequests, mask: np.ndarray) -> EvalRequests:
         return np.concatenate([[0], np.cumsum(counts)]), values[idx]
 
     return EvalRequests({k: v[mask] for k, v in req.query.items()}, sub(req.targets),
-                        sub(req.exclude), req.keys[mask], req.unknown_targets)
+                        sub(req.exclude), req.keys[mask], req.unknown_targets, req.missed_requests)
 
 
 @torch.no_grad()
@@ -204,5 +209,13 @@ def evaluate_vectors(query_vecs: torch.Tensor, item_vecs: torch.Tensor, requests
     ranks, t_req, topk = rank_targets(query_vecs, item_vecs, requests.targets, requests.exclude,
                                       max(ks), chunk_size)
     out = ranking_metrics(ranks, t_req, len(requests), ks, topk, item_vecs.shape[0])
+    if requests.missed_requests:
+        ranked = len(requests)
+        total = ranked + requests.missed_requests
+        for key in out:
+            if key.split("@")[0] in ("hr", "recall", "ndcg", "mrr"):
+                out[key] *= ranked / total
+        out["requests"] = total
     out["unknown_targets"] = requests.unknown_targets
+    out["missed_requests"] = requests.missed_requests
     return out

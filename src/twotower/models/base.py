@@ -90,7 +90,7 @@ class TwoTowerModel(nn.Module):
 
     def logits(self, q: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         """[B, V, D] x [N, V, D] -> [B, N]: cosine of the first vectors over the temperature."""
-        return q[:, 0] @ i[:, 0].T / self.temperature
+        return (q[:, 0] / self.temperature) @ i[:, 0].T  # scale [B, D], not [B, N]
 
     def pair_logits(self, q: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         """[B, V, D] x [B, V, D] -> [B]: scores of row-aligned (query, item) pairs."""

@@ -1,0 +1,170 @@
+"""BENCHMARK.md §1 — MovieLens 100K, leave-one-out, full ranking: popularity, implicit ALS / BPR
+and twotower's DSSM in one table (HR@10/50, NDCG@10/50, training positives/s, peak memory).
+
+Each method runs in its own child process so its peak memory (ru_maxrss) is its own.
+Usage: python bench/ml100k.py [--data ../shared/data/ml-100k] [--only dssm] [--epochs 20]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "ml-100k"
+KS = [10, 50]
+
+
+def protocol(data_dir: Path):
+    """Train CSR, test targets and exclusions of BENCHMARK.md §1 from prepare_movielens output."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(data_dir / "interactions.parquet", columns=["user_id", "item_id", "split"])
+    users = t["user_id"].to_numpy()
+    items = t["item_id"].to_numpy()
+    split = np.asarray(t["split"].to_pylist())
+    uid, u = np.unique(users, return_inverse=True)
+    iid, i = np.unique(items, return_inverse=True)
+    train = split == "train"
+    return uid, iid, u, i, split, train
+
+
+def rank_eval(user_vecs: np.ndarray, item_vecs: np.ndarray, data_dir: Path) -> dict:
+    import torch
+
+    from twotower.eval.metrics import ranking_metrics
+    from twotower.eval.offline import _csr, rank_targets
+
+    uid, iid, u, i, split, train = protocol(data_dir)
+    n_users = len(uid)
+    test = split == "test"
+    seen = train | (split == "valid")
+    targets = _csr(u[test], i[test], n_users)
+    exclude = _csr(u[seen], i[seen], n_users)
+    has = np.diff(targets[0]) > 0
+    ranks, req, topk = rank_targets(torch.from_numpy(user_vecs).float(), torch.from_numpy(item_vecs).float(),
+                                    targets, exclude, max(KS))
+    return ranking_metrics(ranks, req, n_users, KS, topk, len(iid)) | {"users_with_test": int(has.sum())}
+
+
+def run_popularity(data_dir: Path, args) -> dict:
+    uid, iid, u, i, split, train = protocol(data_dir)
+    t0 = time.perf_counter()
+    counts = np.bincount(i[train], minlength=len(iid)).astype(np.float64)
+    seconds = time.perf_counter() - t0
+    m = rank_eval(np.ones((len(uid), 1)), counts[:, None], data_dir)
+    return m | {"positives_per_s": float(train.sum() / max(seconds, 1e-9))}
+
+
+def _implicit(data_dir: Path, kind: str, args) -> dict:
+    import scipy.sparse as sp
+    from implicit.als import AlternatingLeastSquares
+    from implicit.bpr import BayesianPersonalizedRanking
+
+    uid, iid, u, i, split, train = protocol(data_dir)
+    mat = sp.csr_matrix((np.ones(train.sum(), dtype=np.float32), (u[train], i[train])),
+                        shape=(len(uid), len(iid)))
+    if kind == "als":
+        model = AlternatingLeastSquares(factors=64, regularization=0.05, iterations=15,
+                                        alpha=2.0, random_state=0)
+    else:
+        model = BayesianPersonalizedRanking(factors=64, learning_rate=0.05, regularization=0.01,
+                                            iterations=100, random_state=0)
+    t0 = time.perf_counter()
+    model.fit(mat, show_progress=False)
+    seconds = time.perf_counter() - t0
+    uf, itf = np.asarray(model.user_factors), np.asarray(model.item_factors)
+    epochs = 15 if kind == "als" else 100
+    return rank_eval(uf, itf, data_dir) | {"positives_per_s": float(train.sum() * epochs / seconds)}
+
+
+def run_als(data_dir, args):
+    return _implicit(data_dir, "als", args)
+
+
+def run_bpr(data_dir, args):
+    return _implicit(data_dir, "bpr", args)
+
+
+def run_dssm(data_dir: Path, args) -> dict:
+    from twotower.presets import movielens_config
+    from twotower.pipeline import train_run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = movielens_config(data_dir, Path(tmp) / "run",
+                               train={"epochs": args.epochs, "batch_size": args.batch_size,
+                                      "progress": False, "seed": 0})
+        s = train_run(cfg, overwrite=True)
+    m = {k: v for k, v in s.metrics.items() if k != "split"}
+    return m | {"positives_per_s": s.train.examples_per_second, "epochs_run": s.train.epochs_run,
+                "best_epoch": s.train.best_epoch}
+
+
+METHODS = {"popularity": run_popularity, "implicit-als": run_als, "implicit-bpr": run_bpr,
+           "twotower-dssm": run_dssm}
+
+
+def child(name: str, data_dir: Path, args) -> None:
+    t0 = time.perf_counter()
+    out = METHODS[name](data_dir, args)
+    out["wall_s"] = time.perf_counter() - t0
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(out))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--only", nargs="*", default=list(METHODS))
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=1024)
+    ap.add_argument("--child", default=None)
+    ap.add_argument("--prepared", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "ml100k.json")
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, args.prepared, args)
+        return
+    from twotower.data.movielens import prepare_movielens
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp)
+        prepare_movielens(args.data, prepared)
+        results = {}
+        for name in args.only:
+            cmd = [sys.executable, __file__, "--child", name, "--prepared", str(prepared),
+                   "--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode != 0 or not line:
+                print(proc.stderr[-3000:], file=sys.stderr)
+                results[name] = {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
+                continue
+            results[name] = json.loads(line[0][7:])
+    cols = ["hr@10", "hr@50", "ndcg@10", "ndcg@50", "positives_per_s", "peak_rss_mb"]
+    print(f"\nMovieLens 100K, leave-one-out, full ranking ({os.cpu_count()} CPUs)")
+    print(f"{'method':<16}" + "".join(f"{c:>17}" for c in cols))
+    for name, r in results.items():
+        cells = "".join(f"{r.get(c, float('nan')):>17.4f}" if c.startswith(("hr", "ndcg"))
+                        else f"{r.get(c, float('nan')):>17.0f}" for c in cols)
+        print(f"{name:<16}{cells}")
+    if "twotower-dssm" in results and "implicit-bpr" in results:
+        d, b = results["twotower-dssm"], results["implicit-bpr"]
+        if "hr@50" in d and "hr@50" in b:
+            print(f"\nDSSM / BPR: HR@50 {d['hr@50'] / b['hr@50']:.2f}x")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"protocol": "BENCHMARK.md §1", "epochs": args.epochs,
+                                    "batch_size": args.batch_size, "results": results}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
