@@ -101,7 +101,7 @@ def run_dssm(data_dir: Path, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = movielens_config(data_dir, Path(tmp) / "run",
                                train={"epochs": args.epochs, "batch_size": args.batch_size,
-                                      "progress": False, "seed": 0})
+                                      "progress": False, "seed": 0, "device": args.device})
         s = train_run(cfg, overwrite=True)
     m = {k: v for k, v in s.metrics.items() if k != "split"}
     return m | {"positives_per_s": s.train.examples_per_second, "epochs_run": s.train.epochs_run,
@@ -126,6 +126,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=list(METHODS))
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=1024)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (twotower-dssm only)")
     ap.add_argument("--child", default=None)
     ap.add_argument("--prepared", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "ml100k.json")
@@ -141,7 +142,8 @@ def main() -> None:
         results = {}
         for name in args.only:
             cmd = [sys.executable, __file__, "--child", name, "--prepared", str(prepared),
-                   "--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]
+                   "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+                   "--device", args.device]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode != 0 or not line:

@@ -110,12 +110,41 @@ class FrequencyEstimatorConfig(StrictModel):
     alpha: float = Field(0.01, gt=0, le=1)
 
 
+class MobiusObjectiveConfig(StrictModel):
+    """MOBIUS bad-case loop (objective.name: mobius): teacher, threshold, sampler, BRW."""
+
+    teacher: Literal["lexical", "embedding", "oracle"] = "lexical"
+    query_text: str = Field("query_text", description="query text column (lexical/embedding "
+                            "teacher); the oracle reads the query id column instead")
+    ad_text: str = Field("ad_title", description="ad text column (lexical/embedding teacher)")
+    query_key: str = Field("query_id", description="oracle teacher: simulator query id column")
+    oracle_data: Path | None = Field(None, description="oracle teacher: simulator output folder "
+                                     "(truth.npz); experiments only")
+    threshold: float = Field(0.5, ge=0, le=1, description="pairs with teacher relevance below "
+                             "this are low-relevance")
+    low_relevance_share: float | None = Field(
+        None, gt=0, lt=1, description="if set, calibrate the threshold so this share of "
+        "cross-joined pairs is low-relevance (overrides threshold)")
+    bad_cases: Literal["active", "random", "none"] = Field(
+        "active", description="active: teacher + student CTR sampler (the paper); random: "
+        "uniform cross-join pairs; none: 2-class click/unclick only")
+    ctr_temperature: float = Field(1.0, gt=0, description="sampling weight = ctr^(1/T): 1 = "
+                                   "CTR-proportional, < 1 sharper, > 1 flatter")
+    max_bad_per_batch: int = Field(256, gt=0, description="cap on bad cases per batch")
+    bad_weight: float = Field(1.0, gt=0, description="loss weight of a bad case")
+    warmup_steps: int = Field(0, ge=0, description="steps on impressions only before mining")
+    warmup_epochs: int = Field(1, ge=0, description="epochs on impressions only before mining")
+    brw_column: str | None = Field("bid", description="business related weight column of the "
+                                   "item table (None: no BRW export)")
+
+
 class ObjectiveConfig(StrictModel):
-    name: Literal["in_batch_softmax", "mixed_negatives", "pointwise_bce"] = "in_batch_softmax"
+    name: Literal["in_batch_softmax", "mixed_negatives", "pointwise_bce", "mobius"] = "in_batch_softmax"
     logq_correction: bool = True
     remove_accidental_hits: bool = True
     uniform_negatives: int = Field(0, ge=0, description="mixed negatives: corpus draws per batch")
     estimator: FrequencyEstimatorConfig = Field(default_factory=FrequencyEstimatorConfig)
+    mobius: MobiusObjectiveConfig = Field(default_factory=MobiusObjectiveConfig)
 
 
 class TrainConfig(StrictModel):

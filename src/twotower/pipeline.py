@@ -34,7 +34,7 @@ from twotower.run import FORMAT_VERSION, RunDir, atomic_write_json, atomic_write
 from twotower.data.readers import TableSource
 from twotower.towers.embedding import FieldSpec
 from twotower.train.checkpoint import load_weights
-from twotower.train.trainer import Trainer, TrainResult, resolve_device
+from twotower.train.trainer import Trainer, TrainResult, resolve_device, seed_everything
 
 
 @dataclass
@@ -115,8 +115,8 @@ class RunData:
             return None
         return pa.concat_tables(chunks)
 
-    def seen(self, splits: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray] | None:
-        """(user key, encoded item) of the positive interactions of ``splits``."""
+    def seen(self, splits: tuple[str, ...]) -> tuple[np.ndarray, pa.Array] | None:
+        """(user key, raw item id) of the positive interactions of ``splits``."""
         by = self.cfg.eval.exclude_seen_by
         if by is None:
             return None
@@ -130,12 +130,10 @@ class RunData:
                                    .to_numpy(zero_copy_only=False))
                     chunk = chunk.filter(pa.array(y > 0))
                 keys.append(np.asarray(chunk[by].to_numpy(zero_copy_only=False)))
-                idx, _ = self.features.item_index(
-                    chunk[self.features.configs[self.features.item_id].source].combine_chunks())
-                items.append(idx)
+                items.append(chunk[self.features.configs[self.features.item_id].source].combine_chunks())
         if not keys:
             return None
-        return np.concatenate(keys), np.concatenate(items)
+        return np.concatenate(keys), pa.concat_arrays(items)
 
     def requests(self, split: str, corpus: ItemCorpus) -> EvalRequests | None:
         table = self.split_table(split)
@@ -174,17 +172,27 @@ def train_run(cfg: RunConfig | None = None, resume_dir: str | Path | None = None
         features = FeatureSet.load(run.features)
     else:
         assert cfg is not None
-        run = _prepare_run_dir(cfg, overwrite)
-        atomic_write_text(run.config, dump_config(cfg))
         features = FeatureSet(cfg.data.features, cfg.data.item_id)
         data = RunData(cfg, features)
-        src = data.reader.source("train")  # validates the schema before any work
+        # validate the schemas before anything is written (or an old run replaced)
+        src = data.reader.source("train")
+        if cfg.data.split_column is None:
+            for split in ("valid", "test"):
+                data.reader.source(split)
+        if cfg.data.items is not None:
+            from twotower.types import Side
+
+            items = TableSource(cfg.data.items)
+            features.check_schema(items.schema, items.path, Side.ITEM)
+        run = _prepare_run_dir(cfg, overwrite)
+        atomic_write_text(run.config, dump_config(cfg))
         features.fit(data.reader.chunks("train", features.columns()), src.path)
         features.save(run.features)
     data = RunData(cfg, features)
     t0 = time.perf_counter()
     corpus = data.corpus()
     schema = feature_schema(features, cfg.model.embedding_dim)
+    seed_everything(cfg.train.seed)  # initial weights depend on train.seed only
     model = build_model(cfg.model, schema)
     task = build_task(cfg.objective, corpus.features if cfg.objective.uniform_negatives else None,
                       features.item_id, cfg.train.seed)
@@ -292,6 +300,8 @@ def export_run(run_dir: str | Path) -> dict:
 
 def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
     """Evaluate a trained run on one split; writes ``metrics.json``."""
+    if split not in ("train", "valid", "test"):
+        raise ConfigError(f"split {split!r}: expected 'valid' or 'test' (or 'train')")
     run = RunDir(run_dir)
     cfg = load_run_config(run)
     features = FeatureSet.load(run.features)

@@ -40,6 +40,19 @@ def simulator_config(data_dir: str | Path, run_dir: str | Path, **sections) -> R
     return validate_config(_merge(raw, sections), "simulator preset")
 
 
+def mobius_simulator_config(data_dir: str | Path, run_dir: str | Path, **sections) -> RunConfig:
+    """MOBIUS (3 x 32 vectors, click/unclick/bad) on the simulator's impressions with the lexical
+    teacher over query text and ad title; BRW = bid from the ad table."""
+    raw = simulator_config(data_dir, run_dir).model_dump(mode="json")
+    raw["name"] = "mobius"
+    raw["model"] = {"name": "mobius", "embedding_dim": 32, "hidden": [128], "output_dim": 32,
+                    "num_vectors": 3, "temperature": 0.1}
+    raw["objective"] = {"name": "mobius", "mobius": {"teacher": "lexical", "threshold": 0.5,
+                                                     "warmup_epochs": 1, "max_bad_per_batch": 256}}
+    raw["train"] = {**raw["train"], "epochs": 4, "early_stopping_patience": None}
+    return validate_config(_merge(raw, sections), "mobius simulator preset")
+
+
 def movielens_config(data_dir: str | Path, run_dir: str | Path, **sections) -> RunConfig:
     """DSSM with history pooling on MovieLens (``prepare_movielens`` output), BENCHMARK.md §1."""
     data_dir = Path(data_dir)

@@ -81,9 +81,43 @@ def load_movielens(path: str | Path) -> tuple[pa.Table, pa.Table, pa.Table | Non
     return ratings, items, users
 
 
-def leave_one_out(ratings: pa.Table, history_len: int = 50) -> pa.Table:
+def _ranges(begin: np.ndarray, end: np.ndarray, values: np.ndarray) -> pa.Array:
+    """list<int64> array whose row r holds values[begin[r]:end[r]] (vectorised)."""
+    lengths = np.maximum(end - begin, 0)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
+    src = np.repeat(begin, lengths) + within
+    return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values[src])).cast(pa.list_(pa.int64()))
+
+
+def cut_sessions(user: np.ndarray, item: np.ndarray, ts: np.ndarray, gap: int = 3600,
+                 session_len: int = 10, long_len: int = 50) -> tuple[pa.Array, pa.Array]:
+    """SDM's short- and long-term behaviours of every row of a (user, timestamp)-sorted log.
+
+    A new session starts at a user's first interaction and wherever the time since the previous
+    one exceeds ``gap`` seconds. ``session`` of row r = the items of the latest session before r
+    (at most ``session_len``, most recent last); ``long_history`` = the ``long_len`` items before
+    that window.
+    """
+    n = len(user)
+    idx = np.arange(n)
+    first = np.concatenate([[True], user[1:] != user[:-1]]) if n else np.zeros(0, bool)
+    new = first | np.concatenate([[True], np.diff(ts) > gap]) if n else first
+    sess_start = np.maximum.accumulate(np.where(new, idx, 0)) if n else idx
+    user_start = np.maximum.accumulate(np.where(first, idx, 0)) if n else idx
+    prev = np.maximum(idx - 1, 0)
+    has_prev = ~first
+    s_end = idx
+    s_begin = np.where(has_prev, np.maximum(sess_start[prev], idx - session_len), idx)
+    l_begin = np.maximum(user_start, s_begin - long_len)
+    return _ranges(s_begin, s_end, item), _ranges(l_begin, s_begin, item)
+
+
+def leave_one_out(ratings: pa.Table, history_len: int = 50, session_gap: int = 3600,
+                  session_len: int = 10, long_len: int = 50) -> pa.Table:
     """Sort each user's interactions by (timestamp, item id); label the last 'test', the
-    second-last 'valid', the rest 'train'; attach each row's history of previous items."""
+    second-last 'valid', the rest 'train'; attach each row's history of previous items (and
+    their timestamps, ``history_ts``), and SDM's ``session`` / ``long_history`` (``cut_sessions``)."""
     user = ratings["user_id"].to_numpy().astype(np.int64)
     item = ratings["item_id"].to_numpy().astype(np.int64)
     ts = ratings["timestamp"].to_numpy().astype(np.int64)
@@ -102,19 +136,27 @@ def leave_one_out(ratings: pa.Table, history_len: int = 50) -> pa.Table:
     within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], hist_len)
     src = np.repeat(np.arange(n) - hist_len, hist_len) + within
     history = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(item[src]))
+    history_ts = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(ts[src]))
     cols = {"user_id": user, "item_id": item, "timestamp": ts, "split": split,
-            "history": history.cast(pa.list_(pa.int64()))}
+            "history": history.cast(pa.list_(pa.int64())),
+            # timestamps of the history items (aligned with `history`), for session models (SDM)
+            "history_ts": history_ts.cast(pa.list_(pa.int64()))}
+    session, long_history = cut_sessions(user, item, ts, session_gap, session_len, long_len)
+    cols["session"], cols["long_history"] = session, long_history
     for extra in ("rating",):
         if extra in ratings.column_names:
             cols[extra] = ratings[extra].to_numpy()[order]
     return pa.table(cols)
 
 
-def prepare_movielens(src: str | Path, out_dir: str | Path, history_len: int = 50) -> dict[str, Path]:
+def prepare_movielens(src: str | Path, out_dir: str | Path, history_len: int = 50,
+                      session_gap: int = 3600, session_len: int = 10,
+                      long_len: int = 50) -> dict[str, Path]:
     """Write ``interactions.parquet`` (with split, history and user features) and
-    ``items.parquet`` for a run config; returns their paths."""
+    ``items.parquet`` for a run config; returns their paths. Sessions (SDM) are cut where
+    consecutive interactions are more than ``session_gap`` seconds apart."""
     ratings, items, users = load_movielens(src)
-    log = leave_one_out(ratings, history_len)
+    log = leave_one_out(ratings, history_len, session_gap, session_len, long_len)
     if users is not None:
         u = {c: users[c].to_pylist() for c in users.column_names}
         index = {uid: i for i, uid in enumerate(u["user_id"])}

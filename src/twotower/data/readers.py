@@ -26,6 +26,8 @@ class TableSource:
     """A tabular file on disk: its schema, and chunked reads of some of its columns."""
 
     path: Path
+    #: bytes per CSV block; column types are inferred from the first block
+    csv_block_size: int = 1 << 24
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -45,16 +47,17 @@ class TableSource:
                 self._pq = pq.ParquetFile(self.path)
                 self.schema = self._pq.schema_arrow
             else:
-                self.schema = self._csv_reader(block_size=1 << 16).schema
+                # the same block size as the reads, so the schema checked is the one read
+                self.schema = self._csv_reader().schema
         except (pa.ArrowInvalid, OSError) as err:
             raise DataError(f"{self.path}: cannot be read as "
                             f"{'Parquet' if self.is_parquet else 'CSV/TSV'}: {err}") from None
 
-    def _csv_reader(self, block_size: int = 1 << 24) -> pacsv.CSVStreamingReader:
+    def _csv_reader(self) -> pacsv.CSVStreamingReader:
         delimiter = DELIMITED_SUFFIXES[self.path.suffix.lower()]
         return pacsv.open_csv(
             self.path,
-            read_options=pacsv.ReadOptions(block_size=block_size),
+            read_options=pacsv.ReadOptions(block_size=self.csv_block_size),
             parse_options=pacsv.ParseOptions(delimiter=delimiter),
         )
 
@@ -83,7 +86,7 @@ class TableSource:
         reader = self._csv_reader()
         pending: list[pa.RecordBatch] = []
         rows = 0
-        for rb in reader:
+        for rb in _csv_batches(reader, self.path):
             if columns is not None:
                 rb = rb.select(columns)
             pending.append(rb)
@@ -106,6 +109,20 @@ class TableSource:
     @property
     def num_rows(self) -> int | None:
         return self._pq.metadata.num_rows if self.is_parquet else None
+
+
+def _csv_batches(reader: pacsv.CSVStreamingReader, path: Path) -> Iterator[pa.RecordBatch]:
+    """The reader's batches; a value that does not parse as its column's type is a DataError."""
+    while True:
+        try:
+            rb = reader.read_next_batch()
+        except StopIteration:
+            return
+        except pa.ArrowInvalid as err:
+            raise DataError(f"{path}: {err} (column types are inferred from the first "
+                            f"{TableSource.csv_block_size >> 20} MiB; a column whose values change "
+                            "type later in the file must be fixed, or converted to Parquet)") from None
+        yield rb
 
 
 def filter_split(table: pa.Table, column: str | None, value: str | None, path: Path) -> pa.Table:

@@ -60,21 +60,13 @@ def _csr(rows: np.ndarray, values: np.ndarray, n_rows: int) -> CSR:
     return indptr, values
 
 
-def corpus_positions(features_or_size: FeatureSet | int, corpus: ItemCorpus) -> np.ndarray:
-    """Map encoded item index -> position in the corpus (-1 when not in the corpus)."""
-    size = features_or_size if isinstance(features_or_size, int) else features_or_size.num_items
-    pos = np.full(max(size, int(corpus.index.max(initial=0)) + 1), -1, dtype=np.int64)
-    pos[corpus.index] = np.arange(len(corpus))
-    return pos
-
-
 def build_requests(table: pa.Table, features: FeatureSet, corpus: ItemCorpus,
                    group_by: str | None = None, label: str | None = None,
                    seen: tuple[np.ndarray, np.ndarray] | None = None,
                    seen_by: str | None = None) -> EvalRequests:
     """Group the rows of an evaluation split into requests.
 
-    ``seen`` = (user keys, encoded item indices) of interactions to remove from the ranking of
+    ``seen`` = (user keys, raw item ids) of interactions to remove from the ranking of
     the request whose ``seen_by`` column has that key (the user's training history).
     """
     if label is not None:
@@ -83,10 +75,7 @@ def build_requests(table: pa.Table, features: FeatureSet, corpus: ItemCorpus,
     keys = (np.asarray(table[group_by].to_numpy(zero_copy_only=False)) if group_by
             else np.arange(table.num_rows))
     uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    pos = corpus_positions(features, corpus)
-    items = features.encode(table.select(features.columns(Side.ITEM)), Side.ITEM, count=False)
-    item_idx = items[features.item_id]
-    target_pos = np.where(item_idx < len(pos), pos[np.minimum(item_idx, len(pos) - 1)], -1)
+    target_pos = corpus.positions(table[features.configs[features.item_id].source])
     known = target_pos >= 0
     targets = _csr(inverse[known], target_pos[known], len(uniq))
     first_rows = table.take(pa.array(first))
@@ -95,8 +84,8 @@ def build_requests(table: pa.Table, features: FeatureSet, corpus: ItemCorpus,
         req_user = np.asarray(first_rows[seen_by].to_numpy(zero_copy_only=False))
         seen_user, seen_item = seen
         req_codes, seen_codes = _codes(req_user, seen_user)
-        seen_pos = pos[np.minimum(seen_item, len(pos) - 1)]
-        ok = (seen_item < len(pos)) & (seen_pos >= 0)
+        seen_pos = corpus.positions(seen_item)
+        ok = seen_pos >= 0
         # request r excludes every seen item of its user: join on user code
         order = np.argsort(seen_codes[ok], kind="stable")
         s_codes, s_pos = seen_codes[ok][order], seen_pos[ok][order]
@@ -178,19 +167,20 @@ def rank_targets(query_vecs: torch.Tensor, item_vecs: torch.Tensor, targets: CSR
         e = min(r, s + chunk_size)
         scores = (query_vecs[s:e].reshape(-1, d) @ items_t).reshape(e - s, v, -1).amax(dim=1)
         lo, hi = e_indptr[s], e_indptr[e]
-        ex_rows = torch.from_numpy(np.repeat(np.arange(e - s), np.diff(e_indptr[s:e + 1])))
-        scores[ex_rows, torch.from_numpy(e_pos[lo:hi])] = float("-inf")
+        dev = scores.device
+        ex_rows = torch.from_numpy(np.repeat(np.arange(e - s), np.diff(e_indptr[s:e + 1]))).to(dev)
+        scores[ex_rows, torch.from_numpy(e_pos[lo:hi]).to(dev)] = float("-inf")
         tlo, thi = t_indptr[s], t_indptr[e]
-        rows = torch.from_numpy(t_req[tlo:thi] - s)
-        cols = torch.from_numpy(t_pos[tlo:thi])
+        rows = torch.from_numpy(t_req[tlo:thi] - s).to(dev)
+        cols = torch.from_numpy(t_pos[tlo:thi]).to(dev)
         target_scores = scores[rows, cols].unsqueeze(1)  # [T_c, 1]
         row_scores = scores[rows]  # [T_c, N]
         above = (row_scores > target_scores).sum(1)
         ties = (row_scores == target_scores).sum(1) - 1  # minus the target itself
-        ranks[tlo:thi] = (above + ties).numpy()
+        ranks[tlo:thi] = (above + ties).cpu().numpy()
         if top_k:
             kk = min(top_k, scores.shape[1])
-            topk[s:e, :kk] = scores.topk(kk, dim=1).indices.numpy()
+            topk[s:e, :kk] = scores.topk(kk, dim=1).indices.cpu().numpy()
     return ranks, t_req, topk
 
 

@@ -176,20 +176,45 @@ class ItemCorpus:
     def __len__(self) -> int:
         return len(self.index)
 
+    def positions(self, raw_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Corpus row of each raw item id (-1 when the item is not in the corpus)."""
+        if isinstance(raw_ids, pa.ChunkedArray):
+            raw_ids = raw_ids.combine_chunks()
+        elif not isinstance(raw_ids, pa.Array):
+            raw_ids = pa.array(np.asarray(raw_ids))
+        ids = self.ids
+        if raw_ids.type != ids.type:
+            try:
+                raw_ids = raw_ids.cast(ids.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raw_ids, ids = raw_ids.cast(pa.string()), ids.cast(pa.string())
+        pos = pc.index_in(raw_ids, value_set=ids)
+        return np.asarray(pos.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+
     def tensors(self, rows: np.ndarray | slice = slice(None)) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(np.ascontiguousarray(v[rows])) for k, v in self.features.items()}
 
 
 def build_corpus(tables: list[pa.Table], features: FeatureSet) -> ItemCorpus:
-    """Distinct known items of ``tables`` (first row of each wins), OOV ids dropped."""
+    """Distinct items of ``tables`` by raw id (first row of each wins; null ids dropped).
+
+    Items whose id is unknown to the vocabulary (never seen in training) stay in the corpus:
+    their id embedding is the OOV row, but their other features (title, category...) still
+    place them, so new items are retrievable without retraining.
+    """
     cols = features.columns(Side.ITEM)
     table = pa.concat_tables([t.select(cols) for t in tables]) if len(tables) > 1 else tables[0].select(cols)
-    enc = features.encode(table, Side.ITEM, count=False)
-    index = enc[features.item_id]
-    uniq, first = np.unique(index, return_index=True)
-    keep = first[uniq >= 2]
-    raw_ids = pc.take(table[features.configs[features.item_id].source], pa.array(keep))
-    return ItemCorpus(raw_ids.combine_chunks(), index[keep], {k: v[keep] for k, v in enc.items()})
+    id_col = table[features.configs[features.item_id].source].combine_chunks()
+    table = table.filter(pc.is_valid(id_col))
+    id_col = table[features.configs[features.item_id].source].combine_chunks()
+    codes = np.asarray(pc.index_in(id_col, value_set=pc.unique(id_col)).to_numpy(zero_copy_only=False))
+    _, first = np.unique(codes, return_index=True)
+    first = np.sort(first)
+    rows = table.take(pa.array(first))
+    enc = features.encode(rows, Side.ITEM, count=False)
+    return ItemCorpus(rows[features.configs[features.item_id].source].combine_chunks(),
+                      enc[features.item_id], enc)
+
 
 
 class StreamingLog:

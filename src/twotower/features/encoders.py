@@ -130,7 +130,8 @@ def _check_type(kind: FeatureKind, t: pa.DataType) -> str | None:
     if kind == FeatureKind.SEQUENCE:
         if pa.types.is_list(t) or pa.types.is_large_list(t):
             return _check_type(FeatureKind.CATEGORICAL, t.value_type) and "a list of ids"
-        return None if pa.types.is_string(t) else "a list of ids (or space-separated ids)"
+        return None if pa.types.is_string(t) or pa.types.is_large_string(t) \
+            else "a list of ids (or space-separated ids)"
     if kind == FeatureKind.DENSE:
         return None if pa.types.is_integer(t) or pa.types.is_floating(t) or \
             pa.types.is_boolean(t) or pa.types.is_decimal(t) else "a number"

@@ -19,6 +19,7 @@ from torch import nn
 from twotower.config import ObjectiveConfig
 from twotower.errors import ConfigError
 from twotower.objectives.frequency import FrequencyEstimator
+from twotower.objectives.fused import fused_in_batch_softmax
 from twotower.objectives.losses import binary_cross_entropy, in_batch_softmax, mixed_negative_softmax
 from twotower.objectives.negatives import UniformSampler, in_batch_candidates
 from twotower.types import Batch, Features
@@ -68,6 +69,17 @@ class RetrievalTask(nn.Module):
     def loss(self, model: nn.Module, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         q = model.encode_query(batch.query)  # [B, V, D]
         i = model.encode_item(batch.item)  # [B, V, D]
+        loss, logs = self._loss(model, batch, step, q, i)
+        # a model may add its own training signal (e.g. DAT's mimic loss) on the row-aligned pairs
+        aux = getattr(model, "auxiliary_loss", None)
+        if aux is not None:
+            extra, extra_logs = aux(q, i, batch)
+            loss = loss + extra
+            logs = {**logs, **extra_logs}
+        return loss, logs
+
+    def _loss(self, model: nn.Module, batch: Batch, step: int, q: torch.Tensor,
+              i: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         if self.cfg.name == "pointwise_bce":
             if batch.label is None:
                 raise ConfigError("objective pointwise_bce needs data.label (click / unclick)")
@@ -76,6 +88,10 @@ class RetrievalTask(nn.Module):
         if self.estimator is not None:
             self.estimator.update(batch.item_ids, step)
         ids, log_q = in_batch_candidates(batch.item_ids, self.estimator)
+        if self.sampler is None and uses_plain_logits(model):
+            # same loss and gradients as the plain path below, one [B, B] buffer instead of many
+            return fused_in_batch_softmax(q[:, 0] / model.temperature, i[:, 0], ids, log_q,
+                                          batch.weight, self.cfg.remove_accidental_hits), {}
         logits = model.logits(q, i)  # [B, B]
         if self.sampler is None:
             return in_batch_softmax(logits, ids, log_q, batch.weight,
@@ -96,6 +112,13 @@ class RetrievalTask(nn.Module):
     def set_extra_state(self, state: dict) -> None:
         if self.sampler is not None and state.get("sampler") is not None:
             self.sampler.load_state_dict(state["sampler"])
+
+
+def uses_plain_logits(model: nn.Module) -> bool:
+    """True when the model scores by the base class's first-vector dot product / temperature."""
+    from twotower.models.base import TwoTowerModel
+
+    return isinstance(model, TwoTowerModel) and type(model).logits is TwoTowerModel.logits
 
 
 def build_task(cfg: ObjectiveConfig, corpus: Features | None = None, item_id: str = "item_id",

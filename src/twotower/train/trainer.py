@@ -80,6 +80,9 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        # Adam keeps decaying the moments of embedding rows a batch did not touch; after ~800
+        # steps they reach the denormal range, where CPU arithmetic is several times slower.
+        torch.set_flush_denormal(True)
         self.model.to(self.device)
         self.task.to(self.device)
         params = [p for p in list(model.parameters()) + list(task.parameters()) if p.requires_grad]
@@ -156,7 +159,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            # every trained parameter (the task's too, e.g. the pointwise bias)
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in self.optimizer.param_groups for p in g["params"]], self.cfg.grad_clip)
         self.optimizer.step()
         self.step += 1
         self.examples += len(batch)
@@ -165,15 +170,16 @@ class Trainer:
     def fit(self, data: BatchSource, validate: Callable[[nn.Module], dict] | None = None,
             metric: str | None = None, resume: bool = False,
             num_batches: int | None = None) -> TrainResult:
-        if resume:
-            self.resume()
-        else:
+        if not (resume and self.resume()):  # nothing to resume: start as a fresh run would
             seed_everything(self.cfg.seed)
         best_path = self.run_dir.root / "best.safetensors" if self.run_dir else None
         best_state: dict[str, torch.Tensor] | None = None
         train_seconds = 0.0
         stop = False
-        while self.epoch < self.cfg.epochs and not stop:
+        patience = self.cfg.early_stopping_patience if validate is not None else None
+        # (checked before each epoch too: a resumed run that had already stopped early stays stopped)
+        while (self.epoch < self.cfg.epochs and not stop
+               and (patience is None or self.bad_epochs < patience)):
             t0 = time.perf_counter()
             running, n_logged = 0.0, 0
             batches = data.batches(self.cfg.batch_size, epoch=self.epoch, seed=self.cfg.seed,
