@@ -11,7 +11,8 @@ import pytest
 from twotower.data.movielens import leave_one_out, prepare_movielens
 from twotower.errors import DataError
 
-ML100K = Path("/work/shared/data/ml-100k")
+# the shared data lies beside the checkout (../shared), in CI as here
+ML100K = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k"
 
 
 @pytest.fixture(scope="module")
