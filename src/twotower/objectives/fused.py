@@ -31,7 +31,9 @@ def duplicate_positions(item_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 class _FusedInBatchSoftmax(torch.autograd.Function):
+    # float32 inside, whatever autocast says outside: the buffer is reused by backward
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(ctx, q, i, log_q, weight, hit_rows, hit_cols):
         logits = q @ i.T  # [B, B], the only [B, B] allocation
         if log_q is not None:
@@ -46,6 +48,7 @@ class _FusedInBatchSoftmax(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_out):
         q, i, logits, lse, w = ctx.saved_tensors
         b = logits.shape[0]
