@@ -1,4 +1,4 @@
-"""The ``twotower`` command line: demo, simulate, train, evaluate, export."""
+"""The ``twotower`` command line: demo, simulate, train, evaluate, export, index, serve."""
 from __future__ import annotations
 
 import json
@@ -75,7 +75,12 @@ def train(config: Optional[Path] = typer.Argument(None, help="run config (YAML)"
         if resume is None and config is None:
             raise ConfigError("give a CONFIG.yaml to train, or --resume RUN_DIR")
         cfg = None if resume is not None else load_config(config, set_)
-        summary = train_run(cfg, resume_dir=resume, overwrite=overwrite, stream=stream)
+        if cfg is not None and cfg.objective.name == "mobius":
+            from twotower.mobius.pipeline import train_mobius_run
+
+            summary = train_mobius_run(cfg, overwrite=overwrite)
+        else:
+            summary = train_run(cfg, resume_dir=resume, overwrite=overwrite, stream=stream)
         ks = sorted({k for k in (cfg or summary_cfg(summary)).eval.ks})
         cols = [f"{m}@{k}" for k in ks for m in ("hr", "ndcg")] + ["mrr"]
         print_metrics(f"{summary.metrics.get('split', '')} metrics — {summary.run_dir}",
@@ -126,6 +131,79 @@ def _try_queries(run_dir, queries):
         if queries is not None:
             raise
         return f"skipped: {err}"
+
+
+@app.command("index")
+def index_cmd(args: List[str] = typer.Argument(..., metavar="RUN_DIR | add RUN_DIR ITEMS | remove RUN_DIR ID...",
+                                                help="build: RUN_DIR; add: add RUN_DIR new_items.parquet; "
+                                                     "remove: remove RUN_DIR ID..."),
+              kind: str = typer.Option("hnsw", help="flat, hnsw, ivf-flat, ivf-pq, opq, sq8, fp16"),
+              param: List[str] = typer.Option([], "--param", help="index parameter, e.g. nlist=1024"),
+              weight_column: Optional[str] = typer.Option(None, help="business weight column of the "
+                                                          "item table, folded into the vectors")):
+    """Build a FAISS index of a run's items (a new version), or add / remove items."""
+    def go():
+        from twotower.errors import ConfigError
+        from twotower.index import run_index
+
+        if args[0] in ("add", "remove"):
+            if len(args) < 3:
+                raise ConfigError(f"usage: twotower index {args[0]} RUN_DIR "
+                                  f"{'ITEMS.parquet' if args[0] == 'add' else 'ID...'}")
+            vi = (run_index.add_run_items(args[1], args[2]) if args[0] == "add"
+                  else run_index.remove_run_items(args[1], args[2:]))
+        else:
+            if len(args) != 1:
+                raise ConfigError("usage: twotower index RUN_DIR [--kind K] [--param name=value]")
+            params = {}
+            for kv in param:
+                name, _, value = kv.partition("=")
+                if not value:
+                    raise ConfigError(f"--param {kv!r}: expected name=value")
+                params[name] = None if value.lower() == "auto" else int(value) if value.lstrip("-").isdigit() else value
+            vi = run_index.build_run_index(args[0], kind, params, weight_column)
+        m = vi.manifest
+        typer.echo(json.dumps({"version": m["version"], "kind": m["kind"], "count": m["count"],
+                               "params": m["params"], "path": str(vi.path)}, indent=2))
+
+    _run(go)
+
+
+@app.command()
+def serve(run_dir: Path,
+          host: str = typer.Option("127.0.0.1", help="bind address (loopback by default)"),
+          port: int = typer.Option(8000),
+          api_key: Optional[str] = typer.Option(None, envvar="TWOTOWER_API_KEY",
+                                                help="key required by /admin routes (X-API-Key)"),
+          max_k: int = typer.Option(1000, help="largest k a request may ask for")):
+    """Serve top-K retrieval over HTTP (FastAPI): /retrieve, /health, /metadata, /admin/reload."""
+    def go():
+        from twotower.serve.app import serve as run_server
+
+        run_server(run_dir, host=host, port=port, api_key=api_key, max_k=max_k)
+
+    _run(go)
+
+
+@app.command()
+def fields(run_dir: Path, split: str = typer.Option("valid", help="rows whose query fields are averaged")):
+    """Mean learned field weights of a SENet run (which fields the towers rely on)."""
+    def go():
+        from rich.console import Console
+        from rich.table import Table
+
+        from twotower.models.senet import mean_field_weights
+
+        weights = mean_field_weights(run_dir, split)
+        table = Table(title=f"SENet mean field weights — {run_dir}")
+        for col in ("side", "field", "weight"):
+            table.add_column(col, justify="right" if col == "weight" else "left")
+        for side, ws in weights.items():
+            for name, w in sorted(ws.items(), key=lambda kv: -kv[1]):
+                table.add_row(side, name, f"{w:.3f}")
+        Console().print(table)
+
+    _run(go)
 
 
 @app.command()

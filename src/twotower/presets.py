@@ -48,7 +48,8 @@ def mobius_simulator_config(data_dir: str | Path, run_dir: str | Path, **section
     raw["model"] = {"name": "mobius", "embedding_dim": 32, "hidden": [128], "output_dim": 32,
                     "num_vectors": 3, "temperature": 0.1}
     raw["objective"] = {"name": "mobius", "mobius": {"teacher": "lexical", "threshold": 0.5,
-                                                     "warmup_epochs": 1, "max_bad_per_batch": 256}}
+                                                     "warmup_epochs": 1, "max_bad_per_batch": 512,
+                                                     "bad_weight": 3.0}}
     raw["train"] = {**raw["train"], "epochs": 4, "early_stopping_patience": None}
     return validate_config(_merge(raw, sections), "mobius simulator preset")
 

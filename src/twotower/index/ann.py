@@ -1,0 +1,402 @@
+"""Compressed FAISS indexes over a run's item vectors, with ids, manifest, checksum and versions.
+
+Kinds (all inner-product / MIPS): ``flat`` (exact), ``hnsw``, ``ivf-flat``, ``ivf-pq``, ``opq``
+(optimised product quantisation + IVF, the vector compression MOBIUS deployed), ``sq8`` and
+``fp16`` (scalar quantisation, IVF-partitioned unless ``nlist=0``).
+
+Business-related weight (BRW), MOBIUS (Fan et al., KDD 2019, §4.2): the ranking function
+``cos(q, x) * w(x)`` is folded into the stored vectors as ``normalize(x) * w`` so that plain MIPS
+on the index returns the BRW ranking, with no re-ranking stage.
+
+On disk, one index *version* is a folder ``RUN/index/v000001/`` holding ``index.faiss``,
+``ids.parquet`` (label -> raw item id) and ``manifest.json`` (format version, dim, metric, kind,
+parameters, count, model checksum, contract fingerprint, weight column, creation time and the
+sha256 of both files). ``RUN/index/CURRENT`` names the live version. Every file is written under a
+temporary name and renamed, so a half-written index never exists; loading re-checks everything.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from twotower.errors import ArtifactError, ConfigError, DataError
+from twotower.run import atomic_write, atomic_write_dir, atomic_write_text
+
+INDEX_FORMAT_VERSION = 1
+KINDS = ("flat", "hnsw", "ivf-flat", "ivf-pq", "opq", "sq8", "fp16")
+
+#: Defaults chosen from bench/index.py (see README_index_serve.md). ``nlist=None`` = 4·√N.
+DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
+    "flat": {},
+    "hnsw": {"M": 32, "ef_construction": 40, "ef_search": 64},
+    "ivf-flat": {"nlist": None, "nprobe": 32},
+    "ivf-pq": {"nlist": None, "nprobe": 32, "pq_m": 16, "pq_bits": 8},
+    "opq": {"nlist": None, "nprobe": 32, "pq_m": 16, "pq_bits": 8},
+    "sq8": {"nlist": None, "nprobe": 32},
+    "fp16": {"nlist": None, "nprobe": 32},
+}
+#: Contract fields the index depends on: a run whose contract differs in any is refused.
+CONTRACT_KEYS = ("metric", "normalized", "query_vectors", "item_vector", "dim", "merge",
+                 "weights_sha256", "brw_weight")
+TRAIN_SAMPLE = 131_072  # vectors used to train coarse / product quantisers
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def contract_fingerprint(contract: dict) -> dict:
+    return {k: contract.get(k) for k in CONTRACT_KEYS}
+
+
+def resolve_params(kind: str, n: int, dim: int, params: dict | None = None) -> dict:
+    """Defaults of ``kind`` updated by ``params``; ``nlist`` / PQ sizes fitted to N and D."""
+    if kind not in KINDS:
+        raise ConfigError(f"index kind {kind!r} is not one of {', '.join(KINDS)}")
+    p = dict(DEFAULT_PARAMS[kind])
+    unknown = set(params or {}) - set(p)
+    if unknown:
+        raise ConfigError(f"index parameter{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(sorted(unknown))} not valid for kind {kind!r}; "
+                          f"valid: {', '.join(p) or 'none'}")
+    p.update(params or {})
+    if "nlist" in p:
+        if p["nlist"] is None:
+            p["nlist"] = int(4 * math.sqrt(max(n, 1)))
+        if p["nlist"]:  # at least 39 training points per list, as FAISS wants
+            p["nlist"] = int(max(1, min(p["nlist"], n // 39)))
+        p["nprobe"] = int(min(p["nprobe"], max(p["nlist"], 1)))
+    if "pq_m" in p:
+        m = int(p["pq_m"])
+        while dim % m:
+            m -= 1
+        p["pq_m"] = m
+        p["pq_bits"] = int(max(1, min(p["pq_bits"], int(math.log2(max(n, 2))) - 1)))
+    return p
+
+
+def _factory_string(kind: str, p: dict, dim: int) -> str:
+    ivf = f"IVF{p['nlist']}," if p.get("nlist") else ""
+    if kind == "flat":
+        return "Flat"
+    if kind == "hnsw":
+        return f"HNSW{p['M']}"
+    if kind == "ivf-flat":
+        return f"{ivf}Flat" if ivf else "Flat"
+    if kind == "ivf-pq":
+        return f"{ivf}PQ{p['pq_m']}x{p['pq_bits']}"
+    if kind == "opq":
+        return f"OPQ{p['pq_m']},{ivf}PQ{p['pq_m']}x{p['pq_bits']}"
+    if kind == "sq8":
+        return f"{ivf}SQ8"
+    return f"{ivf}SQfp16"
+
+
+def apply_search_params(index, kind: str, p: dict) -> None:
+    faiss = _faiss()
+    ps = faiss.ParameterSpace()
+    if kind == "hnsw":
+        ps.set_index_parameter(index, "efSearch", int(p["ef_search"]))
+    elif p.get("nlist"):
+        ps.set_index_parameter(index, "nprobe", int(p["nprobe"]))
+
+
+def fold_weights(vectors: np.ndarray, weights: np.ndarray | None, normalize: bool) -> np.ndarray:
+    """``normalize(x) * w`` (MOBIUS BRW folded into the vectors): MIPS then ranks by cos·w."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if normalize:
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    if weights is not None:
+        w = np.asarray(weights, dtype=np.float32).reshape(-1)
+        if w.shape[0] != x.shape[0]:
+            raise DataError(f"{w.shape[0]} weights for {x.shape[0]} item vectors")
+        if not np.all(np.isfinite(w)) or np.any(w < 0):
+            raise DataError("business weights must be finite and non-negative")
+        x = x * w[:, None]
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _new_faiss_index(kind: str, p: dict, dim: int, train: np.ndarray):
+    faiss = _faiss()
+    inner = faiss.index_factory(dim, _factory_string(kind, p, dim), faiss.METRIC_INNER_PRODUCT)
+    if kind == "hnsw":
+        faiss.downcast_index(inner).hnsw.efConstruction = int(p["ef_construction"])
+    if kind == "opq" and len(train) < 256:
+        raise DataError(f"index kind 'opq' needs at least 256 items to train its rotation, got "
+                        f"{len(train)}; use 'ivf-pq' or 'flat'")
+    if not inner.is_trained:
+        rng = np.random.default_rng(0)
+        sample = train if len(train) <= TRAIN_SAMPLE else train[rng.choice(len(train), TRAIN_SAMPLE,
+                                                                             replace=False)]
+        inner.train(np.ascontiguousarray(sample))
+    apply_search_params(inner, kind, p)
+    return faiss.IndexIDMap2(inner)
+
+
+@dataclass
+class VectorIndex:
+    """A FAISS index whose int64 labels map to raw item ids (``ids[label]``; removed = null)."""
+
+    index: Any
+    ids: pa.Array
+    manifest: dict
+    version: str | None = None
+    path: Path | None = None
+    _id_lookup: dict | None = field(default=None, repr=False)
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def count(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores [Q, K], labels [Q, K]); label -1 = no result (fewer than K items)."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        k = max(1, min(int(k), self.count))
+        return self.index.search(q, k)
+
+    def raw_ids(self, labels: np.ndarray) -> list:
+        return self.ids.take(pa.array(np.asarray(labels, dtype=np.int64).reshape(-1))).to_pylist()
+
+    def labels_of(self, raw_ids: list) -> np.ndarray:
+        """Labels of raw ids (-1 when unknown) — used by ``exclude``."""
+        if self._id_lookup is None:
+            vals = self.ids.to_pylist()
+            self._id_lookup = {v: i for i, v in enumerate(vals) if v is not None}
+            self._id_lookup.update({str(v): i for i, v in enumerate(vals) if v is not None})
+        return np.array([self._id_lookup.get(r, self._id_lookup.get(str(r), -1)) for r in raw_ids],
+                        dtype=np.int64)
+
+    def reconstruct_alive(self) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, stored vectors) of the items still in the index (lossy for quantised kinds)."""
+        faiss = _faiss()
+        labels = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        inner = self.index.index
+        try:
+            vecs = inner.reconstruct_n(0, inner.ntotal)
+        except RuntimeError:
+            if hasattr(faiss, "extract_index_ivf"):
+                faiss.extract_index_ivf(inner).make_direct_map()
+            vecs = inner.reconstruct_n(0, inner.ntotal)
+        return labels, vecs
+
+    def nbytes(self) -> int:
+        return int(_faiss().serialize_index(self.index).nbytes)
+
+
+def build_index(vectors: np.ndarray, ids: pa.Array | np.ndarray | list, kind: str = "flat",
+                params: dict | None = None, weights: np.ndarray | None = None,
+                normalize: bool = False, contract: dict | None = None,
+                weight_column: str | None = None) -> VectorIndex:
+    """Index ``vectors`` [N, D] under raw ``ids`` (any type), BRW ``weights`` [N] folded in.
+
+    ``normalize``: L2-normalise the vectors first (cosine contracts); with ``weights`` the
+    index then ranks by ``cos(q, x) * w`` under plain inner product.
+    """
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2 or len(vectors) == 0:
+        raise DataError(f"item vectors must be a non-empty [N, D] matrix, got shape {vectors.shape}")
+    ids = ids if isinstance(ids, (pa.Array, pa.ChunkedArray)) else pa.array(ids)
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    if len(ids) != len(vectors):
+        raise DataError(f"{len(ids)} ids for {len(vectors)} item vectors")
+    if pa.compute.count_distinct(ids).as_py() != len(ids):
+        raise DataError("item ids are not unique")
+    n, dim = vectors.shape
+    p = resolve_params(kind, n, dim, params)
+    x = fold_weights(vectors, weights, normalize)
+    t0 = time.perf_counter()
+    index = _new_faiss_index(kind, p, dim, x)
+    index.add_with_ids(x, np.arange(n, dtype=np.int64))
+    contract = contract or {}
+    manifest = {
+        "format_version": INDEX_FORMAT_VERSION,
+        "kind": kind,
+        "params": p,
+        "factory": _factory_string(kind, p, dim),
+        "dim": dim,
+        "metric": "inner_product",
+        "normalized": bool(normalize),
+        "weight_column": weight_column,
+        "count": n,
+        "next_label": n,
+        "model_sha256": contract.get("weights_sha256"),
+        "contract": contract_fingerprint(contract),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "build_seconds": time.perf_counter() - t0,
+        "parent": None,
+    }
+    return VectorIndex(index, ids, manifest)
+
+
+# ---------------------------------------------------------------- versions on disk
+def index_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "index"
+
+
+def save_index(vi: VectorIndex, run_dir: str | Path) -> str:
+    """Write ``vi`` as the next version of the run's index and make it CURRENT; returns its name."""
+    faiss = _faiss()
+    root = index_root(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    existing = [int(m.group(1)) for d in root.iterdir() if (m := re.fullmatch(r"v(\d{6})", d.name))]
+    version = f"v{(max(existing) + 1 if existing else 1):06d}"
+    manifest = dict(vi.manifest, count=vi.count, version=version)
+
+    def write(tmp: Path) -> None:
+        faiss.write_index(vi.index, str(tmp / "index.faiss"))
+        pq.write_table(pa.table({"id": vi.ids}), tmp / "ids.parquet")
+        manifest["files"] = {"index.faiss": sha256_file(tmp / "index.faiss"),
+                             "ids.parquet": sha256_file(tmp / "ids.parquet")}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+
+    atomic_write_dir(root / version, write)
+    atomic_write_text(root / "CURRENT", version + "\n")
+    vi.manifest, vi.version, vi.path = manifest, version, root / version
+    return version
+
+
+def current_version(run_dir: str | Path) -> str:
+    cur = index_root(run_dir) / "CURRENT"
+    if not cur.is_file():
+        raise ArtifactError(f"{Path(run_dir)}: no index built (run `twotower index {run_dir}`)")
+    return cur.read_text().strip()
+
+
+def load_index(run_dir: str | Path, version: str | None = None,
+               contract: dict | None = None) -> VectorIndex:
+    """Load (and verify) a version of the run's index; the CURRENT one by default.
+
+    Raises ArtifactError when a file is missing, a checksum or the format version differs, or
+    the run's contract (``contract``, default: the run's contract.json) does not match.
+    """
+    faiss = _faiss()
+    version = version or current_version(run_dir)
+    folder = index_root(run_dir) / version
+    mpath = folder / "manifest.json"
+    try:
+        manifest = json.loads(mpath.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{mpath}: index manifest not found") from None
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{mpath}: corrupt manifest ({err})") from None
+    if manifest.get("format_version") != INDEX_FORMAT_VERSION:
+        raise ArtifactError(f"{mpath}: index format version {manifest.get('format_version')} is "
+                            f"not {INDEX_FORMAT_VERSION}")
+    for name, digest in (manifest.get("files") or {}).items():
+        f = folder / name
+        if not f.is_file():
+            raise ArtifactError(f"{f}: missing index file")
+        if sha256_file(f) != digest:
+            raise ArtifactError(f"{f}: checksum mismatch — the index file is corrupt or was "
+                                "modified; rebuild it with `twotower index`")
+    if set(manifest.get("files") or {}) != {"index.faiss", "ids.parquet"}:
+        raise ArtifactError(f"{mpath}: manifest lists no checksums for index.faiss / ids.parquet")
+    if contract is None:
+        cpath = Path(run_dir) / "contract.json"
+        try:
+            contract = json.loads(cpath.read_text())
+        except (FileNotFoundError, json.JSONDecodeError) as err:
+            raise ArtifactError(f"{cpath}: similarity contract unreadable ({err})") from None
+    want = contract_fingerprint(contract)
+    diff = {k: (manifest["contract"].get(k), want[k]) for k in CONTRACT_KEYS
+            if manifest["contract"].get(k) != want[k]}
+    if diff:
+        raise ArtifactError(f"{folder}: index was built for a different model contract "
+                            f"({'; '.join(f'{k}: index {a!r} vs run {b!r}' for k, (a, b) in diff.items())})"
+                            "; rebuild it with `twotower index`")
+    try:
+        index = faiss.read_index(str(folder / "index.faiss"))
+        ids = pq.read_table(folder / "ids.parquet").column("id").combine_chunks()
+    except Exception as err:  # noqa: BLE001 — FAISS raises RuntimeError on a bad file
+        raise ArtifactError(f"{folder}: cannot read index ({err})") from None
+    if index.d != manifest["dim"] or index.ntotal != manifest["count"]:
+        raise ArtifactError(f"{folder}: index holds {index.ntotal} x {index.d} vectors, manifest "
+                            f"says {manifest['count']} x {manifest['dim']}")
+    apply_search_params(index, manifest["kind"], manifest["params"])
+    return VectorIndex(index, ids, manifest, version, folder)
+
+
+# ---------------------------------------------------------------- new versions: add / remove
+def add_items(vi: VectorIndex, vectors: np.ndarray, ids: pa.Array | list,
+              weights: np.ndarray | None = None) -> VectorIndex:
+    """A new index with ``vectors`` added under raw ``ids`` (an id already present is replaced)."""
+    ids = ids if isinstance(ids, pa.Array) else pa.array(ids)
+    if len(ids) != len(vectors):
+        raise DataError(f"{len(ids)} ids for {len(vectors)} item vectors")
+    existing = vi.labels_of(ids.to_pylist())
+    base = remove_items(vi, ids.filter(pa.array(existing >= 0))) if (existing >= 0).any() else \
+        _copy(vi)
+    x = fold_weights(vectors, weights, base.manifest["normalized"])
+    if x.shape[1] != base.manifest["dim"]:
+        raise DataError(f"new item vectors have dim {x.shape[1]}, the index {base.manifest['dim']}")
+    start = base.manifest["next_label"]
+    labels = np.arange(start, start + len(x), dtype=np.int64)
+    base.index.add_with_ids(x, labels)
+    try:
+        base.ids = pa.concat_arrays([base.ids, ids.cast(base.ids.type)])
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise DataError(f"new ids of type {ids.type} do not match the index's {base.ids.type}") from None
+    base.manifest.update(next_label=start + len(x), count=base.count, parent=vi.version,
+                         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    base._id_lookup = None
+    return base
+
+
+def remove_items(vi: VectorIndex, ids: pa.Array | list) -> VectorIndex:
+    """A new index without the items ``ids`` (unknown ids are an error)."""
+    faiss = _faiss()
+    raw = ids.to_pylist() if isinstance(ids, pa.Array) else list(ids)
+    labels = vi.labels_of(raw)
+    if (labels < 0).any():
+        missing = [r for r, lab in zip(raw, labels) if lab < 0][:5]
+        raise DataError(f"ids not in the index: {missing}")
+    new = _copy(vi)
+    try:
+        removed = new.index.remove_ids(faiss.IDSelectorBatch(labels))
+    except RuntimeError:  # HNSW cannot remove: rebuild from the stored vectors
+        alive, vecs = vi.reconstruct_alive()
+        keep = ~np.isin(alive, labels)
+        p = vi.manifest["params"]
+        new.index = _new_faiss_index(vi.kind, p, vi.manifest["dim"], vecs[keep])
+        new.index.add_with_ids(np.ascontiguousarray(vecs[keep]), alive[keep])
+        removed = int((~keep).sum())
+    assert removed == len(labels)
+    mask = np.ones(len(new.ids), dtype=bool)
+    mask[labels] = False
+    new.ids = pa.compute.if_else(pa.array(mask), new.ids, pa.nulls(len(new.ids), new.ids.type))
+    new.manifest.update(count=new.count, parent=vi.version,
+                        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    new._id_lookup = None
+    return new
+
+
+def _copy(vi: VectorIndex) -> VectorIndex:
+    faiss = _faiss()
+    index = faiss.deserialize_index(faiss.serialize_index(vi.index))
+    apply_search_params(index, vi.kind, vi.manifest["params"])
+    return VectorIndex(index, vi.ids, json.loads(json.dumps(vi.manifest)), vi.version, vi.path)

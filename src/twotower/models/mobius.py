@@ -1,0 +1,80 @@
+"""MOBIUS: a two-tower model with three vectors per side and a click / unclick / bad softmax.
+
+Fan et al., "MOBIUS: Towards the Next Generation of Query-Ad Matching in Baidu's Sponsored
+Search" (KDD 2019). Each tower outputs V = 3 L2-normalised vectors (default 3 x 32); class k's
+logit is the cosine of the two towers' k-th vectors over the temperature, and a softmax over
+(click, unclick, bad) is trained with cross-entropy (``mobius.task.MobiusTask``). At retrieval
+time only the click vectors are used: the click cosine is what the index searches.
+"""
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from twotower.config import ModelConfig
+from twotower.models.base import TwoTowerModel, register
+from twotower.towers.embedding import FeatureSchema
+from twotower.towers.mlp import MLP, l2_normalize
+from twotower.types import Features
+
+#: class order of the 3-way softmax; index = vector index in each tower's output.
+CLASSES = ("click", "unclick", "bad")
+CLICK, UNCLICK, BAD = 0, 1, 2
+
+
+class MobiusConfig(ModelConfig):
+    name: str = "mobius"
+    output_dim: int = Field(32, gt=0, description="dimension of each of the vectors")
+    num_vectors: int = Field(3, ge=2, le=3, description="3: click/unclick/bad; 2: click/unclick")
+
+
+@register("mobius", MobiusConfig)
+class Mobius(TwoTowerModel):
+    def __init__(self, cfg: MobiusConfig, schema: FeatureSchema):
+        super().__init__(cfg, schema)
+        self.num_vectors = cfg.num_vectors
+        out = cfg.output_dim * cfg.num_vectors
+        self.query_tower = MLP(self.field_width(self.query_fields), cfg.hidden, out, cfg.dropout)
+        self.item_tower = MLP(self.field_width(self.item_fields), cfg.hidden, out, cfg.dropout)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        # [B, V*D] -> [B, V, D], each vector normalised on its own
+        return l2_normalize(x.reshape(x.shape[0], self.num_vectors, self.cfg.output_dim))
+
+    def encode_query(self, features: Features) -> torch.Tensor:
+        x = torch.cat(self.embedding(features, self.query_fields), dim=-1)
+        return self._split(self.query_tower(x))  # [B, V, D]
+
+    def encode_item(self, features: Features) -> torch.Tensor:
+        x = torch.cat(self.embedding(features, self.item_fields), dim=-1)
+        return self._split(self.item_tower(x))  # [N, V, D]
+
+    def class_logits(self, q: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        """[B, V, D] x [B, V, D] -> [B, V]: per-class cosine of row-aligned pairs / temperature."""
+        return (q * i).sum(-1) / self.temperature
+
+    def class_logits_matrix(self, q: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        """[M, V, D] x [N, V, D] -> [M, N, V]: per-class logits of the whole cross join."""
+        return torch.einsum("mvd,nvd->mnv", q, i) / self.temperature
+
+    def click_probability(self, q: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        """[M, V, D] x [N, V, D] -> [M, N]: softmax probability of the click class (the CTR)."""
+        return self.class_logits_matrix(q, i).softmax(-1)[..., CLICK]
+
+    # retrieval and the generic interface use only the click vectors
+    def logits(self, q: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        return q[:, CLICK] @ i[:, CLICK].T / self.temperature
+
+    def pair_logits(self, q: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        return (q[:, CLICK] * i[:, CLICK]).sum(-1) / self.temperature
+
+    def retrieval_query(self, q: torch.Tensor) -> torch.Tensor:
+        return q[:, CLICK:CLICK + 1]  # [B, 1, D]
+
+    def retrieval_item(self, i: torch.Tensor) -> torch.Tensor:
+        return i[:, CLICK]  # [N, D]
+
+    def contract(self) -> dict:
+        return {**super().contract(), "query_vectors": [CLICK], "item_vector": CLICK,
+                "classes": list(CLASSES[:self.num_vectors]), "retrieval_class": "click",
+                "vectors_per_side": self.num_vectors}

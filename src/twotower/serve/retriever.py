@@ -1,0 +1,210 @@
+"""``Retriever``: a trained run's feature encoders + query tower + index, answering top-K in batches.
+
+    from twotower.serve.retriever import Retriever
+    r = Retriever("runs/simulator")
+    r.retrieve([{"user_id": 6, "query_text": "running shoes"}], k=10)
+    # -> [{"ids": [...], "scores": [...]}], plus r.version
+
+Multi-vector queries (V > 1, multi-interest models): every vector is searched, results are merged
+by max score per item, deduplicated and cut to K. Unknown ids / values go to OOV. ``reload()``
+loads the CURRENT index version beside the live one and swaps a single reference, so requests in
+flight finish on the index they started with; a corrupt new version is refused and the old one
+keeps serving.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from twotower.config import FeatureKind
+from twotower.errors import DataError
+from twotower.features.feature_set import FeatureSet
+from twotower.index.ann import VectorIndex, load_index
+from twotower.index.run_index import read_contract
+from twotower.run import RunDir
+from twotower.types import Side
+
+
+def merge_multi_vector(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """[B, M] candidates (M = V·k', duplicates allowed, label -1 = none) -> top-k by max score.
+
+    Vectorised: a stable sort by (row, label, -score) keeps each (row, label)'s best score first;
+    later duplicates are dropped, then every row is sorted by score and cut to k.
+    """
+    b, m = scores.shape
+    s = np.where(labels < 0, -np.inf, scores).astype(np.float32)
+    rows = np.repeat(np.arange(b), m)
+    lab, sc = labels.reshape(-1), s.reshape(-1)
+    order = np.lexsort((-sc, lab, rows))
+    r_o, l_o = rows[order], lab[order]
+    dup = np.zeros(len(order), dtype=bool)
+    dup[1:] = (r_o[1:] == r_o[:-1]) & (l_o[1:] == l_o[:-1])
+    sc2 = sc.copy()
+    sc2[order[dup]] = -np.inf
+    sc2 = sc2.reshape(b, m)
+    kk = min(k, m)
+    top = np.argsort(-sc2, axis=1, kind="stable")[:, :kk]
+    out_s = np.take_along_axis(sc2, top, 1)
+    out_l = np.take_along_axis(labels, top, 1)
+    out_l = np.where(np.isfinite(out_s), out_l, -1)
+    return out_s, out_l
+
+
+@dataclass
+class Loaded:
+    """One index version (what a request holds on to while it runs)."""
+
+    index: VectorIndex
+    version: str
+
+
+class Retriever:
+    def __init__(self, run_dir: str | Path, version: str | None = None, batch_size: int = 1024,
+                 threads: int | None = None):
+        from twotower.pipeline import load_model
+
+        self.run = RunDir(run_dir)
+        self.contract = read_contract(run_dir)
+        self.features = FeatureSet.load(self.run.features)
+        self.model = load_model(self.run)
+        self.batch_size = batch_size
+        self.query_features = self.features.query_features
+        self.query_columns = self.features.columns(Side.QUERY)
+        self._swap_lock = threading.Lock()
+        self._live = self._load(version)
+        if threads:
+            torch.set_num_threads(threads)
+
+    # ---- index versions
+    def _load(self, version: str | None) -> Loaded:
+        vi = load_index(self.run.root, version, contract=self.contract)
+        return Loaded(vi, vi.version or "")
+
+    @property
+    def version(self) -> str:
+        return self._live.version
+
+    @property
+    def index(self) -> VectorIndex:
+        return self._live.index
+
+    def reload(self, version: str | None = None) -> str:
+        """Load ``version`` (default CURRENT) beside the live index and swap; raises on a bad one."""
+        with self._swap_lock:
+            new = self._load(version)  # ArtifactError here leaves the live index untouched
+            self._live = new  # one reference assignment: atomic for concurrent readers
+            return new.version
+
+    def metadata(self) -> dict:
+        m = self._live.index.manifest
+        return {"index_version": self._live.version, "kind": m["kind"], "params": m["params"],
+                "count": self._live.index.count, "dim": m["dim"], "metric": m["metric"],
+                "weight_column": m.get("weight_column"), "created": m.get("created"),
+                "model": self.contract.get("model"), "model_sha256": m.get("model_sha256"),
+                "item_id": self.contract.get("item_id"),
+                "query_features": {n: self.features.configs[n].kind.value
+                                   for n in self.query_features},
+                "query_columns": self.query_columns}
+
+    # ---- requests -> encoded features
+    def _column(self, name: str, values: list) -> pa.Array:
+        kinds = {self.features.configs[n].kind for n in self.query_features
+                 if self.features.configs[n].source == name}
+        kind = next(iter(kinds))
+        present = [v for v in values if v is not None]
+        try:
+            if kind in (FeatureKind.SEQUENCE,):
+                if any(isinstance(x, str) for v in present for x in (v if isinstance(v, list) else [v])):
+                    return pa.array([None if v is None else [str(x) for x in (v if isinstance(v, list) else [v])]
+                                     for v in values], pa.list_(pa.string()))
+                return pa.array([None if v is None else (v if isinstance(v, list) else [v])
+                                 for v in values], pa.list_(pa.int64()))
+            if kind == FeatureKind.TEXT:
+                return pa.array([None if v is None else str(v) for v in values], pa.string())
+            if kind == FeatureKind.DENSE:
+                return pa.array([None if v is None else float(v) for v in values], pa.float64())
+            if present and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                               for v in present):
+                return pa.array(values, pa.int64())
+            return pa.array([None if v is None else str(v) for v in values], pa.string())
+        except (TypeError, ValueError, pa.ArrowInvalid) as err:
+            raise DataError(f"field {name!r}: bad value for a {kind.value} feature ({err})") from None
+
+    def to_table(self, requests: Sequence[dict] | pa.Table) -> pa.Table:
+        if isinstance(requests, pa.Table):
+            missing = [c for c in self.query_columns if c not in requests.column_names]
+            for c in missing:
+                requests = requests.append_column(c, pa.nulls(requests.num_rows))
+            return requests
+        unknown = sorted({k for r in requests for k in r} - set(self.query_columns))
+        if unknown:
+            raise DataError(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                            f"query fields are {', '.join(self.query_columns)}")
+        return pa.table({c: self._column(c, [r.get(c) for r in requests])
+                         for c in self.query_columns})
+
+    @torch.no_grad()
+    def encode(self, requests: Sequence[dict] | pa.Table) -> np.ndarray:
+        """Query vectors [B, V, D] of the requests (unknown values -> OOV)."""
+        table = self.to_table(requests)
+        enc = self.features.encode(table, Side.QUERY, count=False)
+        feats = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in enc.items()}
+        q = self.model.retrieval_query(self.model.encode_query(feats)).float()
+        if self.contract.get("normalized"):
+            q = torch.nn.functional.normalize(q, dim=-1)
+        return q.numpy()
+
+    def search_vectors(self, q: np.ndarray, k: int, exclude: list[list] | None = None,
+                       live: Loaded | None = None) -> tuple[np.ndarray, np.ndarray, Loaded]:
+        """(scores [B, K], labels [B, K], index used) for query vectors [B, V, D] or [B, D]."""
+        live = live or self._live
+        if q.ndim == 2:
+            q = q[:, None]
+        b, v, d = q.shape
+        ex_labels = None
+        extra = 0
+        if exclude is not None:
+            ex_labels = [live.index.labels_of(list(e or [])) for e in exclude]
+            extra = max((int((e >= 0).sum()) for e in ex_labels), default=0)
+        kk = k + extra
+        s, lab = live.index.search(q.reshape(b * v, d), kk)
+        s, lab = s.reshape(b, -1), lab.reshape(b, -1)
+        if ex_labels is not None and extra:
+            for row, e in enumerate(ex_labels):  # per request: exclude lists differ
+                if len(e):
+                    hit = np.isin(lab[row], e[e >= 0])
+                    lab[row, hit] = -1
+        if v > 1 or ex_labels is not None:
+            s, lab = merge_multi_vector(s, lab, k)
+        else:
+            s, lab = s[:, :k], lab[:, :k]
+        return s, lab, live
+
+    def retrieve(self, requests: Sequence[dict] | pa.Table, k: int = 10,
+                 exclude: list[list] | None = None) -> dict[str, Any]:
+        """Top-k raw ids and scores per request: ``{"results": [{"ids", "scores"}], "index_version"}``."""
+        live = self._live  # every batch of this call uses the same index version
+        n = requests.num_rows if isinstance(requests, pa.Table) else len(requests)
+        if exclude is not None and len(exclude) != n:
+            raise DataError(f"exclude has {len(exclude)} lists for {n} requests")
+        results: list[dict] = []
+        for start in range(0, n, self.batch_size):
+            part = requests.slice(start, self.batch_size) if isinstance(requests, pa.Table) \
+                else requests[start:start + self.batch_size]
+            q = self.encode(part)
+            ex = exclude[start:start + self.batch_size] if exclude is not None else None
+            s, lab, _ = self.search_vectors(q, k, ex, live)
+            ids = live.index.raw_ids(np.where(lab < 0, 0, lab))
+            ok = (lab >= 0).reshape(-1)
+            w = lab.shape[1]
+            for i in range(lab.shape[0]):
+                sel = ok[i * w:(i + 1) * w]
+                results.append({"ids": [x for x, o in zip(ids[i * w:(i + 1) * w], sel) if o],
+                                "scores": [float(x) for x in s[i][sel]]})
+        return {"results": results, "index_version": live.version}
