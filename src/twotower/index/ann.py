@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from twotower.errors import ArtifactError, ConfigError, DataError
@@ -224,7 +225,7 @@ def build_index(vectors: np.ndarray, ids: pa.Array | np.ndarray | list, kind: st
         ids = ids.combine_chunks()
     if len(ids) != len(vectors):
         raise DataError(f"{len(ids)} ids for {len(vectors)} item vectors")
-    if pa.compute.count_distinct(ids).as_py() != len(ids):
+    if pc.count_distinct(ids).as_py() != len(ids):
         raise DataError("item ids are not unique")
     n, dim = vectors.shape
     p = resolve_params(kind, n, dim, params)
@@ -388,7 +389,7 @@ def remove_items(vi: VectorIndex, ids: pa.Array | list) -> VectorIndex:
     assert removed == len(labels)
     mask = np.ones(len(new.ids), dtype=bool)
     mask[labels] = False
-    new.ids = pa.compute.if_else(pa.array(mask), new.ids, pa.nulls(len(new.ids), new.ids.type))
+    new.ids = pc.if_else(pa.array(mask), new.ids, pa.nulls(len(new.ids), new.ids.type))
     new.manifest.update(count=new.count, parent=vi.version,
                         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     new._id_lookup = None
