@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator,
+                      model_validator)
 
 from twotower.errors import ConfigError
 from twotower.types import Side
@@ -180,7 +181,9 @@ class RunConfig(StrictModel):
     name: str = "run"
     run_dir: Path | None = Field(None, description="default: runs/<name>")
     data: DataConfig
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    # SerializeAsAny: dump the registered subclass's fields too (a saved config.yaml must
+    # reload into the same model)
+    model: SerializeAsAny[ModelConfig] = Field(default_factory=ModelConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)

@@ -132,3 +132,17 @@ def test_missing_empty_and_invalid_yaml(tmp_path):
     (tmp_path / "bad.yaml").write_text("a: [1, 2\n")
     with pytest.raises(ConfigError, match="YAML"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_model_specific_fields_survive_a_saved_config_round_trip():
+    """config.yaml in a run folder must reload into the same model config (resume, evaluate)."""
+    import yaml
+
+    from twotower.config import dump_config, validate_config
+    from twotower.presets import movielens_config
+
+    cfg = movielens_config("/tmp/data", "/tmp/run", model={"name": "sdm", "history": "session",
+                                                           "long_history": "long_history"})
+    again = validate_config(yaml.safe_load(dump_config(cfg)))
+    assert type(again.model) is type(cfg.model)
+    assert again.model == cfg.model
