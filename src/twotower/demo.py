@@ -10,10 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import torch
 
 from twotower.data.simulator import SimulatorConfig, SimulatorTruth, simulate
-from twotower.index.exact import exact_search
 from twotower.presets import simulator_config
 
 
@@ -38,44 +36,36 @@ def run_demo(workdir: Path, impressions: int = 200_000) -> dict:
     cols = [f"{m}@{k}" for k in cfg.eval.ks for m in ("recall", "ndcg")] + ["mrr"]
     print("[3/4] held-out searches, every ad ranked:")
     print_metrics("test searches (targets: clicked ads)", {"dssm": summary.metrics}, cols)
-    print("[4/4] retrieval with the exported ad vectors:")
+    print("[4/4] index + serve: top ads for held-out searches")
     show_retrievals(summary.run_dir, data_dir)
     print(f"done in {time.perf_counter() - t0:.1f}s")
     return summary.metrics
 
 
 def show_retrievals(run_dir: Path, data_dir: Path, n_queries: int = 3, k: int = 5) -> None:
-    from twotower.eval.offline import encode_queries
-    from twotower.features.feature_set import FeatureSet
-    from twotower.index.export import read_vectors
-    from twotower.pipeline import load_model
-    from twotower.run import RunDir
-    from twotower.types import Side
+    """Build an ANN index over the exported ad vectors and answer a few held-out searches through
+    the serving runtime (the same ``Retriever`` the HTTP service uses)."""
+    from twotower.index.run_index import build_run_index
+    from twotower.serve.retriever import Retriever
 
-    run = RunDir(run_dir)
-    features = FeatureSet.load(run.features)
-    model = load_model(run)
-    ids, vecs = read_vectors(run.embeddings / "items.parquet")
+    vi = build_run_index(run_dir, kind="ivf-flat")
+    print(f"  built {vi.kind} index over {vi.count:,} ads ({vi.manifest['params']})")
+    retriever = Retriever(run_dir)
     truth = SimulatorTruth.load(data_dir)
     ads = pq.read_table(data_dir / "ads.parquet").to_pydict()
     title = dict(zip(ads["ad_id"], ads["ad_title"]))
     test = pq.read_table(data_dir / "impressions.parquet", filters=[("split", "=", "test")])
-    rows = test.slice(0, n_queries * 40).to_pydict()
-    seen, picks = set(), []
-    for i, q in enumerate(rows["query_id"]):
-        if q not in seen:
-            seen.add(q)
-            picks.append(i)
-        if len(picks) == n_queries:
-            break
-    table = test.take(picks)
-    q = encode_queries(model, features.encode(table, Side.QUERY, count=False))
-    _, pos = exact_search(q, torch.from_numpy(np.array(vecs)), k)
-    ad_ids = ids.to_numpy()
-    for r in range(len(picks)):
-        query_id = table["query_id"][r].as_py()
-        print(f"  query {table['query_text'][r].as_py()!r} (user {table['user_id'][r].as_py()}):")
-        got = ad_ids[pos[r].numpy()]
-        rel = truth.relevance(np.full(len(got), query_id), got)
+    _, first = np.unique(test["query_id"].to_numpy(), return_index=True)
+    picks = np.sort(first)[:n_queries]
+    rows = test.take(picks).select(["user_id", "query_id", "query_text"]).to_pylist()
+    t0 = time.perf_counter()
+    answer = retriever.retrieve([{"user_id": r["user_id"], "query_text": r["query_text"]}
+                                 for r in rows], k=k)
+    ms = (time.perf_counter() - t0) * 1000
+    print(f"  {len(rows)} queries answered in {ms:.1f} ms (index version {answer['index_version']})")
+    for r, res in zip(rows, answer["results"]):
+        print(f"  query {r['query_text']!r} (user {r['user_id']}):")
+        got = np.asarray(res["ids"], dtype=np.int64)
+        rel = truth.relevance(np.full(len(got), r["query_id"]), got)
         for a, rv in zip(got, rel):
             print(f"     ad {a:>5}  relevance {rv:.2f}  {title[int(a)]}")
