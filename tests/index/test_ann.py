@@ -153,3 +153,49 @@ def test_exact_search_matches_brute_force():
     assert (i == wi).float().mean() > 0.99
     s3, i3 = exact_search(q.reshape(37, 1, 24).repeat(1, 2, 1), items, 5)
     torch.testing.assert_close(s3, ws[:, :5])
+
+
+@pytest.mark.parametrize("order", ["random", "ascending", "descending"])
+def test_pruned_exact_scan_equals_full_topk_whatever_the_item_order(order):
+    # the CPU path skips scores under each query's running k-th best; the item order decides how
+    # much is skipped (ascending = every chunk improves every query) but never the result
+    rng = np.random.default_rng(5)
+    items = torch.from_numpy(rng.normal(size=(6000, 16)).astype(np.float32))
+    q = torch.from_numpy(rng.normal(size=(23, 16)).astype(np.float32))
+    if order != "random":
+        key = items @ q.mean(0)
+        items = items[key.argsort(descending=order == "descending")]
+    want_s, want_i = (q @ items.T).topk(40, dim=1)
+    for chunk in (64, 1000, None):
+        s, i = exact_search(q, items, 40, chunk_size=chunk)
+        torch.testing.assert_close(s, want_s)
+        assert torch.equal(i, want_i)
+    multi = torch.stack([q, -q], dim=1)  # [B, 2, D]: an item scores by its best query vector
+    s, i = exact_search(multi, items, 7, chunk_size=500)
+    torch.testing.assert_close(s, torch.maximum(q @ items.T, -q @ items.T).topk(7, dim=1).values)
+
+
+def test_exact_search_edge_shapes():
+    items = torch.randn(50, 8)
+    s, i = exact_search(torch.randn(3, 8), items, 80)  # k > N: every item, sorted
+    assert s.shape == (3, 50) and bool((s[:, :-1] >= s[:, 1:]).all())
+    assert sorted(i[0].tolist()) == list(range(50))
+    s, i = exact_search(torch.randn(0, 8), items, 5)
+    assert s.shape == (0, 5)
+    with pytest.raises(ValueError, match="same D"):
+        exact_search(torch.randn(3, 7), items, 5)
+
+
+def test_flat_kind_answers_like_faiss_flat_after_removals():
+    # ``flat`` searches run twotower's exact scan over FAISS's storage: same scores and labels
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(3000, 16)).astype(np.float32)
+    q = rng.normal(size=(9, 16)).astype(np.float32)
+    vi = build_index(x, [f"a{i}" for i in range(3000)], "flat")
+    for _ in range(2):
+        s, lab = vi.search(q, 20)
+        fs, flab = vi.index.search(q, 20)
+        np.testing.assert_allclose(s, fs, rtol=1e-5, atol=1e-5)
+        assert (lab == flab).mean() > 0.99
+        vi.index.remove_ids(np.arange(0, 3000, 2, dtype=np.int64))  # storage compacts, labels move
+    assert set(lab.reshape(-1).tolist()) <= set(range(1, 3000, 2))

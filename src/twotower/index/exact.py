@@ -1,37 +1,104 @@
 """Exact top-k search by chunked matrix products with a running top-k.
 
 Never materialises the whole ``queries x corpus`` score matrix: the corpus is scanned in chunks
-and each chunk's top-k is merged into the running result. Multi-vector queries ([B, V, D]) score
-an item by the best of their vectors (max merge), as the service does.
+and each chunk is merged into the running result. Multi-vector queries ([B, V, D]) score an item
+by the best of their vectors (max merge), as the service does.
+
+On CPU the scan is bound by top-k selection, not by the dot products (a full ``topk`` over every
+chunk costs several times the matrix product). So the CPU path keeps, per query, the score of its
+current k-th best item as a threshold and only selects among the few scores that beat it: a
+chunk's row maximum (one cheap pass) says which queries can change at all, and for those the
+candidates above the threshold are gathered with ``nonzero`` and merged with the running top-k.
+After the first chunks the threshold is high, so almost every chunk is skipped by all but a few
+queries. On accelerators a per-chunk ``topk`` is fast and avoids host syncs, so it is kept there.
 """
 from __future__ import annotations
 
 import torch
 
+_BLOCK_ELEMENTS = 1 << 20  # scores per chunk (4 MB of float32): stays in cache between passes
+
+
+def auto_chunk_size(rows: int, k: int) -> int:
+    """Items per chunk for ``rows`` query vectors: a power of two near 1M scores per chunk,
+    between 1,024 and 262,144 items, and at least ``k``."""
+    target = max(1, _BLOCK_ELEMENTS // max(rows, 1))
+    chunk = 1 << (target.bit_length() - 1)
+    return max(k, min(1 << 18, max(1024, chunk)))
+
 
 @torch.no_grad()
 def exact_search(queries: torch.Tensor, items: torch.Tensor, k: int,
-                 chunk_size: int = 65_536) -> tuple[torch.Tensor, torch.Tensor]:
+                 chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` items by inner product. queries [B, D] or [B, V, D], items [N, D].
 
     Returns (scores [B, K], positions [B, K]) sorted by descending score; K = min(k, N).
     This is exact: it is the ground truth that approximate indexes are checked against.
+    ``chunk_size``: items scored per step (default: chosen from the batch size).
     """
     if queries.dim() == 2:
         queries = queries.unsqueeze(1)
-    b, v, d = queries.shape
+    if queries.dim() != 3 or items.dim() != 2 or queries.shape[-1] != items.shape[-1]:
+        raise ValueError(f"exact_search: queries {tuple(queries.shape)} and items "
+                         f"{tuple(items.shape)} must be [B, (V,) D] and [N, D] with the same D")
+    b, v, _ = queries.shape
     n = items.shape[0]
-    k = min(k, n)
-    flat = queries.reshape(b * v, d)
-    best_s = torch.full((b, k), float("-inf"), device=queries.device, dtype=queries.dtype)
-    best_i = torch.zeros((b, k), dtype=torch.long, device=queries.device)
-    for start in range(0, n, chunk_size):
-        block = items[start:start + chunk_size]
-        s = (flat @ block.T).reshape(b, v, -1).amax(dim=1)  # [B, C]: max over query vectors
-        kk = min(k, s.shape[1])
-        cs, ci = s.topk(kk, dim=1)
+    k = max(0, min(k, n))
+    if k == 0 or b == 0:
+        return (torch.empty((b, k), dtype=queries.dtype, device=queries.device),
+                torch.empty((b, k), dtype=torch.long, device=queries.device))
+    chunk = max(k, chunk_size or auto_chunk_size(b * v, k))
+    flat = queries.reshape(b * v, -1)
+    if queries.device.type == "cpu":
+        return _pruned_scan(flat, b, v, items, k, chunk)
+    return _topk_scan(flat, b, v, items, k, chunk)
+
+
+def _chunk_scores(flat: torch.Tensor, b: int, v: int, block: torch.Tensor) -> torch.Tensor:
+    s = flat @ block.T  # [B*V, C]
+    return s if v == 1 else s.reshape(b, v, -1).amax(dim=1)  # [B, C]: max over query vectors
+
+
+def _topk_scan(flat, b, v, items, k, chunk):
+    """Per chunk: top-k of the chunk, merged into the running top-k (no host sync)."""
+    best_s = torch.full((b, k), float("-inf"), device=flat.device, dtype=flat.dtype)
+    best_i = torch.zeros((b, k), dtype=torch.long, device=flat.device)
+    for start in range(0, items.shape[0], chunk):
+        s = _chunk_scores(flat, b, v, items[start:start + chunk])
+        cs, ci = s.topk(min(k, s.shape[1]), dim=1)
         merged_s = torch.cat([best_s, cs], dim=1)
         merged_i = torch.cat([best_i, ci + start], dim=1)
         best_s, pick = merged_s.topk(k, dim=1)
         best_i = merged_i.gather(1, pick)
+    return best_s, best_i
+
+
+def _pruned_scan(flat, b, v, items, k, chunk):
+    """Running top-k with a per-query threshold (the current k-th best score): only scores above
+    it are selected, so the scan costs about one matrix product plus one pass over the scores."""
+    n = items.shape[0]
+    first = min(n, chunk)
+    best_s, best_i = _chunk_scores(flat, b, v, items[:first]).topk(k, dim=1)
+    kth = best_s[:, k - 1].clone()  # [B]
+    for start in range(first, n, chunk):
+        s = _chunk_scores(flat, b, v, items[start:start + chunk])  # [B, C]
+        rows = (s.amax(dim=1) > kth).nonzero().squeeze(1)  # queries this chunk can change
+        if rows.numel() == 0:
+            continue
+        sub = s.index_select(0, rows)
+        r, col = (sub > kth.index_select(0, rows).unsqueeze(1)).nonzero(as_tuple=True)
+        # pack each changed row's candidates into a [R, M] block, -inf padded
+        counts = torch.bincount(r, minlength=rows.numel())
+        slot = torch.arange(r.numel()) - (torch.cumsum(counts, 0) - counts)[r]
+        width = int(counts.max())
+        cand_s = torch.full((rows.numel(), width), float("-inf"), dtype=s.dtype)
+        cand_i = torch.zeros((rows.numel(), width), dtype=torch.long)
+        cand_s[r, slot] = sub[r, col]
+        cand_i[r, slot] = col + start
+        merged_s = torch.cat([best_s.index_select(0, rows), cand_s], dim=1)
+        merged_i = torch.cat([best_i.index_select(0, rows), cand_i], dim=1)
+        top_s, pick = merged_s.topk(k, dim=1)
+        best_s[rows] = top_s
+        best_i[rows] = merged_i.gather(1, pick)
+        kth[rows] = top_s[:, k - 1]
     return best_s, best_i
