@@ -36,20 +36,22 @@ from twotower.run import atomic_write, atomic_write_dir, atomic_write_text
 INDEX_FORMAT_VERSION = 1
 KINDS = ("flat", "hnsw", "ivf-flat", "ivf-pq", "opq", "sq8", "fp16")
 
-#: Defaults chosen from bench/index.py (see README_index_serve.md). ``nlist=None`` = 4·√N.
+#: Defaults chosen from bench/index.py (README "Index and serve"). ``nlist=None`` = 4·√N;
+#: ``pq_m=None`` = D/2 sub-quantisers (2 dims each): on 1M low-rank 64-d vectors it lifts
+#: recall@100 from 0.73 (ivf-pq) / 0.87 (opq) with 16 to 0.90 / 0.91, at 49 instead of 33 bytes.
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "flat": {},
     "hnsw": {"M": 32, "ef_construction": 40, "ef_search": 64},
     "ivf-flat": {"nlist": None, "nprobe": 32},
-    "ivf-pq": {"nlist": None, "nprobe": 32, "pq_m": 16, "pq_bits": 8},
-    "opq": {"nlist": None, "nprobe": 32, "pq_m": 16, "pq_bits": 8},
+    "ivf-pq": {"nlist": None, "nprobe": 32, "pq_m": None, "pq_bits": 8},
+    "opq": {"nlist": None, "nprobe": 32, "pq_m": None, "pq_bits": 8},
     "sq8": {"nlist": None, "nprobe": 32},
     "fp16": {"nlist": None, "nprobe": 32},
 }
 #: Contract fields the index depends on: a run whose contract differs in any is refused.
 CONTRACT_KEYS = ("metric", "normalized", "query_vectors", "item_vector", "dim", "merge",
                  "weights_sha256", "brw_weight")
-TRAIN_SAMPLE = 131_072  # vectors used to train coarse / product quantisers
+TRAIN_SAMPLE = 131_072  # vectors used to train coarse / product quantisers (at least 39 per list)
 
 
 def _faiss():
@@ -88,7 +90,7 @@ def resolve_params(kind: str, n: int, dim: int, params: dict | None = None) -> d
             p["nlist"] = int(max(1, min(p["nlist"], n // 39)))
         p["nprobe"] = int(min(p["nprobe"], max(p["nlist"], 1)))
     if "pq_m" in p:
-        m = int(p["pq_m"])
+        m = max(1, int(p["pq_m"] or dim // 2))
         while dim % m:
             m -= 1
         p["pq_m"] = m
@@ -147,8 +149,8 @@ def _new_faiss_index(kind: str, p: dict, dim: int, train: np.ndarray):
                         f"{len(train)}; use 'ivf-pq' or 'flat'")
     if not inner.is_trained:
         rng = np.random.default_rng(0)
-        sample = train if len(train) <= TRAIN_SAMPLE else train[rng.choice(len(train), TRAIN_SAMPLE,
-                                                                             replace=False)]
+        size = max(TRAIN_SAMPLE, 39 * int(p.get("nlist") or 0))  # FAISS wants 39 points per list
+        sample = train if len(train) <= size else train[rng.choice(len(train), size, replace=False)]
         inner.train(np.ascontiguousarray(sample))
     apply_search_params(inner, kind, p)
     return faiss.IndexIDMap2(inner)
