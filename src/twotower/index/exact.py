@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import torch
 
-_BLOCK_ELEMENTS = 1 << 22  # scores per chunk (16 MB of float32): few, large parallel steps
+_BLOCK_ELEMENTS = 1 << 22  # CPU: scores per chunk (16 MB of float32): few, large parallel steps
+_GPU_BLOCK_ELEMENTS = 1 << 26  # accelerators: 256 MB of scores per chunk, few kernel launches
 
 
-def auto_chunk_size(rows: int, k: int) -> int:
-    """Items per chunk for ``rows`` query vectors: a power of two near 4M scores per chunk,
-    between 1,024 and 262,144 items, and at least ``k``."""
-    target = max(1, _BLOCK_ELEMENTS // max(rows, 1))
+def auto_chunk_size(rows: int, k: int, accelerator: bool = False) -> int:
+    """Items per chunk for ``rows`` query vectors: a power of two near 4M scores per chunk on CPU
+    (64M on an accelerator), at least 1,024 items and ``k``, at most 262,144 (CPU) / 4M."""
+    block, most = (_GPU_BLOCK_ELEMENTS, 1 << 22) if accelerator else (_BLOCK_ELEMENTS, 1 << 18)
+    target = max(1, block // max(rows, 1))
     chunk = 1 << (target.bit_length() - 1)
-    return max(k, min(1 << 18, max(1024, chunk)))
+    return max(k, min(most, max(1024, chunk)))
 
 
 @torch.no_grad()
@@ -47,9 +49,10 @@ def exact_search(queries: torch.Tensor, items: torch.Tensor, k: int,
     if k == 0 or b == 0:
         return (torch.empty((b, k), dtype=queries.dtype, device=queries.device),
                 torch.empty((b, k), dtype=torch.long, device=queries.device))
-    chunk = max(k, chunk_size or auto_chunk_size(b * v, k))
+    cpu = queries.device.type == "cpu"
+    chunk = max(k, chunk_size or auto_chunk_size(b * v, k, accelerator=not cpu))
     flat = queries.reshape(b * v, -1)
-    if queries.device.type == "cpu":
+    if cpu:
         return _pruned_scan(flat, b, v, items, k, chunk)
     return _topk_scan(flat, b, v, items, k, chunk)
 
