@@ -1,0 +1,31 @@
+import os
+import stat
+
+import pytest
+
+from twotower.run import DIR_MODE, FILE_MODE, atomic_write, atomic_write_dir, atomic_write_text
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_atomic_writes_leave_normal_permissions(tmp_path):
+    # temp files are created 0600 / 0700; a finished artifact must be readable like any other file
+    f = atomic_write_text(tmp_path / "a.json", "{}")
+    assert _mode(f) == FILE_MODE  # 0644 under the usual umask 022, not mkstemp's 0600
+    d = atomic_write_dir(tmp_path / "v1", lambda p: (p / "x").write_text("1"))
+    assert _mode(d) == DIR_MODE and (d / "x").read_text() == "1"
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = atomic_write_text(tmp_path / "m.json", "old")
+
+    def boom(p):
+        p.write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, boom)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temporary left behind
