@@ -35,6 +35,30 @@ def test_duplicate_positions_are_exactly_the_off_diagonal_equal_pairs():
     want = {(r, c) for r in range(6) for c in range(6) if r != c and ids[r] == ids[c]}
     assert got == want
     assert duplicate_positions(torch.tensor([1, 2, 3]))[0].numel() == 0
+    assert duplicate_positions(torch.tensor([4]))[0].numel() == 0
+    g = torch.Generator().manual_seed(1)
+    for vocab in (3, 40, 1000):  # every row a duplicate ... almost none
+        ids = torch.randint(0, vocab, (200,), generator=g)
+        rows, cols = duplicate_positions(ids)
+        same = ids[:, None] == ids[None, :]
+        same.fill_diagonal_(False)
+        assert sorted(zip(rows.tolist(), cols.tolist())) == [tuple(x) for x in same.nonzero().tolist()]
+
+
+def test_fused_matches_plain_path_at_training_scale():
+    """Cosine / 0.05 logits, a log-Q term and many accidental hits, as in a MovieLens batch."""
+    g = torch.Generator().manual_seed(3)
+    b, d = 512, 16
+    ids = torch.randint(0, 150, (b,), generator=g)
+    q = torch.nn.functional.normalize(torch.randn(b, d, generator=g), dim=1).div(0.05).requires_grad_()
+    i = torch.nn.functional.normalize(torch.randn(b, d, generator=g), dim=1).requires_grad_()
+    log_q = -8 * torch.rand(b, generator=g)
+    for w in (None, torch.rand(b, generator=g)):
+        fused = fused_in_batch_softmax(q, i, ids, log_q, w)
+        plain = in_batch_softmax(q @ i.T, ids, log_q, w)
+        torch.testing.assert_close(fused, plain)
+        for a, c in zip(torch.autograd.grad(fused, (q, i)), torch.autograd.grad(plain, (q, i))):
+            torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-7)
 
 
 def test_task_uses_fused_path_for_plain_models_with_the_same_result():

@@ -4,8 +4,9 @@ one autograd node over a single ``[B, B]`` buffer.
 The plain path (``model.logits`` -> ``logq_correct`` -> ``remove_accidental_hits`` ->
 ``softmax_cross_entropy``) allocates and re-reads a ``[B, B]`` tensor at every step, forward and
 backward; on a CPU that memory traffic, not the matrix product, bounds the training speed. Here
-the buffer is written once by the matrix product, corrected and masked in place, and reused for
-the softmax gradient, so a step moves about a third of the bytes. ``tests/objectives`` checks that
+the buffer is written once by the matrix product (with the log-Q term as its bias), masked and
+turned into ``exp(logit - row max)`` in place, and that is what backward reuses for the softmax
+gradient: one ``exp`` per step, no second ``[B, B]`` allocation. ``tests/objectives`` checks that
 loss and gradients equal the plain path's.
 """
 from __future__ import annotations
@@ -16,18 +17,29 @@ import torch
 def duplicate_positions(item_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows, cols) of every off-diagonal pair of batch rows holding the same item.
 
-    Vectorised without a ``[B, B]`` comparison: only rows whose item occurs more than once
-    are compared, and in a shuffled batch those are few.
+    Vectorised without a ``[B, B]`` (or ``[R, R]``) comparison: one sort groups equal ids, and
+    the pairs are enumerated group by group, so the work is proportional to the number of pairs.
     """
-    _, inverse, counts = torch.unique(item_ids, return_inverse=True, return_counts=True)
-    dup_rows = torch.nonzero(counts[inverse] > 1).squeeze(1)  # [R]
-    if dup_rows.numel() == 0:
-        empty = item_ids.new_zeros(0, dtype=torch.long)
+    b = item_ids.shape[0]
+    empty = item_ids.new_zeros(0, dtype=torch.long)
+    if b < 2:
         return empty, empty
-    same = inverse[dup_rows][:, None] == inverse[dup_rows][None, :]  # [R, R]
-    same.fill_diagonal_(False)
-    r, c = torch.nonzero(same, as_tuple=True)
-    return dup_rows[r], dup_rows[c]
+    sorted_ids, order = torch.sort(item_ids.reshape(-1), stable=True)
+    new = torch.ones(b, dtype=torch.bool, device=item_ids.device)
+    new[1:] = sorted_ids[1:] != sorted_ids[:-1]  # first sorted position of each distinct id
+    group = new.cumsum(0) - 1  # [B] group of each sorted position
+    starts = torch.nonzero(new).squeeze(1)  # [G]
+    ends = torch.cat([starts[1:], starts.new_tensor([b])])
+    size = (ends - starts)[group]  # [B] group size at each sorted position
+    pos = torch.nonzero(size > 1).squeeze(1)  # [R] sorted positions whose id repeats
+    if pos.numel() == 0:
+        return empty, empty
+    reps = size[pos]  # each pairs with every member of its group (itself dropped below)
+    row_pos = pos.repeat_interleave(reps)  # [P + R]
+    first = (reps.cumsum(0) - reps).repeat_interleave(reps)
+    col_pos = starts[group[row_pos]] + torch.arange(row_pos.numel(), device=pos.device) - first
+    off = row_pos != col_pos
+    return order[row_pos[off]], order[col_pos[off]]
 
 
 class _FusedInBatchSoftmax(torch.autograd.Function):
@@ -35,28 +47,29 @@ class _FusedInBatchSoftmax(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(ctx, q, i, log_q, weight, hit_rows, hit_cols):
-        logits = q @ i.T  # [B, B], the only [B, B] allocation
-        if log_q is not None:
-            logits.sub_(log_q[None, :])
+        # [B, B], the only [B, B] allocation; the log-Q correction rides in as the bias
+        logits = q @ i.T if log_q is None else torch.addmm(log_q.neg()[None, :], q, i.T)
         if hit_rows.numel():
             logits[hit_rows, hit_cols] = float("-inf")
-        lse = torch.logsumexp(logits, dim=1)  # [B]
-        per_row = lse - logits.diagonal()
+        positive = logits.diagonal().clone()  # [B]
+        top = logits.amax(dim=1, keepdim=True)  # [B, 1]
+        probs = logits.sub_(top).exp_()  # exp(logit - row max), unnormalised, in place
+        total = probs.sum(dim=1)  # [B]
+        per_row = top.squeeze(1) + total.log() - positive  # logsumexp - positive logit
         w = weight / weight.sum().clamp_min(1e-12) if weight is not None else None
         loss = (per_row * w).sum() if w is not None else per_row.mean()
-        ctx.save_for_backward(q, i, logits, lse, w)
+        ctx.save_for_backward(q, i, probs, total, w)
         return loss
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_out):
-        q, i, logits, lse, w = ctx.saved_tensors
-        b = logits.shape[0]
+        q, i, probs, total, w = ctx.saved_tensors
+        b = probs.shape[0]
         # d loss / d logits = (softmax - onehot) * row weight, computed in the saved buffer
-        grad = logits.sub_(lse[:, None]).exp_()
-        grad.diagonal().sub_(1.0)
-        scale = (w * grad_out)[:, None] if w is not None else grad_out / b
-        grad.mul_(scale)
+        scale = w * grad_out if w is not None else (grad_out / b).expand(b)  # [B]
+        grad = probs.mul_((scale / total)[:, None])
+        grad.diagonal().sub_(scale)
         return grad @ i, grad.T @ q, None, None, None, None
 
 
