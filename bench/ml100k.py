@@ -2,7 +2,8 @@
 and twotower's DSSM in one table (HR@10/50, NDCG@10/50, training positives/s, peak memory).
 
 Each method runs in its own child process so its peak memory (ru_maxrss) is its own.
-Usage: python bench/ml100k.py [--data ../shared/data/ml-100k] [--only dssm] [--epochs 20]
+Usage: python bench/ml100k.py [--data ../shared/data/ml-100k] [--only twotower-dssm] [--epochs 20]
+       [--preset fast|full] [--model '{"hidden": [128]}']
 """
 from __future__ import annotations
 
@@ -99,13 +100,15 @@ def run_dssm(data_dir: Path, args) -> dict:
     from twotower.pipeline import train_run
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = movielens_config(data_dir, Path(tmp) / "run",
+        cfg = movielens_config(data_dir, Path(tmp) / "run", args.preset,
+                               model=json.loads(args.model),
                                train={"epochs": args.epochs, "batch_size": args.batch_size,
                                       "progress": False, "seed": 0, "device": args.device})
         s = train_run(cfg, overwrite=True)
     m = {k: v for k, v in s.metrics.items() if k != "split"}
     return m | {"positives_per_s": s.train.examples_per_second, "epochs_run": s.train.epochs_run,
-                "best_epoch": s.train.best_epoch}
+                "best_epoch": s.train.best_epoch, "preset": args.preset,
+                "model": cfg.model.model_dump(mode="json")}
 
 
 METHODS = {"popularity": run_popularity, "implicit-als": run_als, "implicit-bpr": run_bpr,
@@ -120,6 +123,14 @@ def child(name: str, data_dir: Path, args) -> None:
     print("RESULT " + json.dumps(out))
 
 
+def child_env() -> dict:
+    """The children's environment: idle OpenMP threads sleep instead of spinning, unless the caller
+    chose otherwise. On a machine shared with other jobs, spinning threads that wait for a
+    descheduled peer at every parallel region cut twotower's 2-thread training speed 5-10x
+    (measured: ~4 k vs ~40 k positives/s); on an idle machine the setting changes little."""
+    return {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -127,6 +138,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (twotower-dssm only)")
+    ap.add_argument("--preset", default="fast", choices=["fast", "full"],
+                    help="twotower-dssm model size (twotower.presets.MOVIELENS_MODELS)")
+    ap.add_argument("--model", default="{}",
+                    help='JSON overrides of the twotower-dssm model, e.g. \'{"hidden": [128]}\'')
     ap.add_argument("--child", default=None)
     ap.add_argument("--prepared", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "ml100k.json")
@@ -143,8 +158,8 @@ def main() -> None:
         for name in args.only:
             cmd = [sys.executable, __file__, "--child", name, "--prepared", str(prepared),
                    "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-                   "--device", args.device]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+                   "--device", args.device, "--preset", args.preset, "--model", args.model]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode != 0 or not line:
                 print(proc.stderr[-3000:], file=sys.stderr)
@@ -152,7 +167,8 @@ def main() -> None:
                 continue
             results[name] = json.loads(line[0][7:])
     cols = ["hr@10", "hr@50", "ndcg@10", "ndcg@50", "positives_per_s", "peak_rss_mb"]
-    print(f"\nMovieLens 100K, leave-one-out, full ranking ({os.cpu_count()} CPUs)")
+    print(f"\nMovieLens 100K, leave-one-out, full ranking ({os.cpu_count()} CPUs, "
+          f"OMP_WAIT_POLICY={child_env()['OMP_WAIT_POLICY']}, twotower-dssm preset {args.preset})")
     print(f"{'method':<16}" + "".join(f"{c:>17}" for c in cols))
     for name, r in results.items():
         cells = "".join(f"{r.get(c, float('nan')):>17.4f}" if c.startswith(("hr", "ndcg"))
@@ -164,7 +180,10 @@ def main() -> None:
             print(f"\nDSSM / BPR: HR@50 {d['hr@50'] / b['hr@50']:.2f}x")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"protocol": "BENCHMARK.md §1", "epochs": args.epochs,
-                                    "batch_size": args.batch_size, "results": results}, indent=2))
+                                    "batch_size": args.batch_size, "preset": args.preset,
+                                    "omp_wait_policy": child_env()["OMP_WAIT_POLICY"],
+                                    "model_overrides": json.loads(args.model),
+                                    "results": results}, indent=2))
     print(f"wrote {args.out}")
 
 

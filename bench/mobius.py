@@ -1,7 +1,10 @@
 """MOBIUS on the sponsored-search simulator (BENCHMARK.md section 2) and the shape of the paper's
 Table 1. Prints the tables and writes bench/results/mobius.json.
 
-    .venv/bin/python bench/mobius.py [--impressions 120000] [--epochs 3] [--oracle]
+    .venv/bin/python bench/mobius.py [--impressions 120000] [--epochs N] [--oracle]
+
+Every contender trains with one torch thread (``run_comparison(threads=1)``): on this shared
+2-core machine a second intra-op thread made training 10-30x slower (OpenMP spin-waits).
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from pathlib import Path
 
 from twotower.data.simulator import SimulatorConfig, simulate
 from twotower.mobius.compare import format_tables, run_comparison
+from twotower.run import atomic_write_text
 
 
 def main() -> None:
@@ -20,7 +24,7 @@ def main() -> None:
     ap.add_argument("--ads", type=int, default=1000)
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--users", type=int, default=300)
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=None, help="default: the MOBIUS preset's")
     ap.add_argument("--searches", type=int, default=400)
     ap.add_argument("--oracle", action="store_true", help="also train with the simulator oracle")
     ap.add_argument("--workdir", default="/tmp/twotower_bench_mobius")
@@ -49,7 +53,7 @@ def main() -> None:
     print(f"total {res['seconds']:.1f}s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2, default=str))
+    atomic_write_text(out, json.dumps(res, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -75,10 +75,10 @@ def train(config: Optional[Path] = typer.Argument(None, help="run config (YAML)"
         if resume is None and config is None:
             raise ConfigError("give a CONFIG.yaml to train, or --resume RUN_DIR")
         cfg = None if resume is not None else load_config(config, set_)
-        if cfg is not None and cfg.objective.name == "mobius":
+        if _is_mobius(cfg, resume):
             from twotower.mobius.pipeline import train_mobius_run
 
-            summary = train_mobius_run(cfg, overwrite=overwrite)
+            summary = train_mobius_run(cfg, overwrite=overwrite, resume_dir=resume)
         else:
             summary = train_run(cfg, resume_dir=resume, overwrite=overwrite, stream=stream)
         ks = sorted({k for k in (cfg or summary_cfg(summary)).eval.ks})
@@ -87,6 +87,16 @@ def train(config: Optional[Path] = typer.Argument(None, help="run config (YAML)"
                       {"model": summary.metrics}, cols)
 
     _run(go)
+
+
+def _is_mobius(cfg, resume: Optional[Path]) -> bool:
+    """A MOBIUS run (fresh config, or the config.yaml of the run folder to resume)."""
+    if cfg is None and resume is not None:
+        from twotower.pipeline import load_run_config
+        from twotower.run import RunDir
+
+        cfg = load_run_config(RunDir(resume))
+    return cfg is not None and cfg.objective.name == "mobius"
 
 
 def summary_cfg(summary):

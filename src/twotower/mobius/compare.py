@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
+
 from twotower.mobius.evaluate import (HeldOut, click_auc_and_top_relevance, run_scores,
                                       teacher_scores)
 from twotower.mobius.pipeline import train_mobius_run
@@ -14,17 +16,33 @@ from twotower.pipeline import train_run
 from twotower.presets import mobius_simulator_config, simulator_config
 
 
-def run_comparison(data_dir: str | Path, workdir: str | Path, epochs: int = 3,
+def run_comparison(data_dir: str | Path, workdir: str | Path, epochs: int | None = None,
                    ks: tuple[int, ...] = (10, 50, 100), table1: bool = True,
-                   oracle: bool = False, max_searches: int = 600, batch_size: int = 512,
-                   seed: int = 0, text_buckets: int | None = 4096, log=print) -> dict:
+                   oracle: bool = False, max_searches: int = 600, batch_size: int | None = None,
+                   seed: int = 0, text_buckets: int | None = 4096, dssm: bool = True,
+                   threads: int | None = 1, log=print) -> dict:
     """``text_buckets``: hash buckets of the text features for every contender (smaller tables
-    train faster on CPU; None keeps the preset's)."""
-    workdir = Path(workdir)
+    train faster on CPU; None keeps the preset's). ``epochs`` / ``batch_size``: None keeps the
+    MOBIUS preset's, for every contender. ``dssm``: also train the in-batch softmax DSSM.
+    ``threads``: torch CPU threads while training (1 by default: these small models gain nothing
+    from a second intra-op thread, and on a shared CPU its spin-waits cost 10x and more)."""
+    threads_before = torch.get_num_threads()  # the Trainer sets it process-wide
+    try:
+        return _compare(data_dir, Path(workdir), epochs, ks, table1, oracle, max_searches,
+                        batch_size, seed, text_buckets, dssm, threads, log)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _compare(data_dir, workdir: Path, epochs, ks, table1, oracle, max_searches, batch_size, seed,
+             text_buckets, dssm, threads, log) -> dict:
     held = HeldOut(data_dir, max_searches)
-    common = {"train": {"epochs": epochs, "batch_size": batch_size, "progress": False,
-                        "seed": seed, "early_stopping_patience": None},
-              "eval": {"ks": list(ks)}}
+    preset = mobius_simulator_config(data_dir, workdir / "preset").train
+    train = {"epochs": epochs or preset.epochs, "batch_size": batch_size or preset.batch_size,
+             "progress": False, "seed": seed, "early_stopping_patience": None}
+    if threads:
+        train["threads"] = threads
+    common = {"train": train, "eval": {"ks": list(ks)}}
     rows: dict[str, dict] = {}
 
     def shrink(cfg):
@@ -47,11 +65,12 @@ def run_comparison(data_dir: str | Path, workdir: str | Path, epochs: int = 3,
             f"({s.report['mobius']['bad_cases_total']:,} bad cases)")
         return s.run_dir
 
-    t = time.perf_counter()
-    dssm = train_run(shrink(simulator_config(data_dir, workdir / "dssm", **common)),
-                     overwrite=True).run_dir
-    log(f"  trained dssm in {time.perf_counter() - t:.1f}s")
-    rows["DSSM in-batch softmax (clicks)"] = held.metrics(run_scores(dssm, held), list(ks))
+    if dssm:
+        t = time.perf_counter()
+        run = train_run(shrink(simulator_config(data_dir, workdir / "dssm", **common)),
+                        overwrite=True).run_dir
+        log(f"  trained dssm in {time.perf_counter() - t:.1f}s")
+        rows["DSSM in-batch softmax (clicks)"] = held.metrics(run_scores(run, held), list(ks))
     ctr = mobius("ctr_two_tower", bad_cases="none")
     rows["CTR two-tower (click/unclick)"] = held.metrics(run_scores(ctr, held), list(ks))
     rows["relevance only (lexical teacher)"] = held.metrics(teacher_scores(LexicalTeacher(), held), list(ks))
@@ -72,7 +91,8 @@ def run_comparison(data_dir: str | Path, workdir: str | Path, epochs: int = 3,
     m = extra["mobius_lexical"]
     return {"retrieval": rows, "table1": table1_rows, "runs": extra,
             "bad_case_share_of_training": m["mining_seconds"] / max(m["train_seconds"], 1e-9),
-            "searches": len(held.users), "ks": list(ks)}
+            "searches": len(held.users), "ks": list(ks), "train": train,
+            "text_buckets": text_buckets}
 
 
 def format_tables(res: dict) -> str:

@@ -20,12 +20,12 @@ from twotower.features.feature_set import FeatureSet, feature_schema
 from twotower.index.export import write_vectors
 from twotower.mobius.brw import brw_item_vectors, lookup_weights
 from twotower.mobius.task import AD_KEY, QUERY_KEY, MobiusTask
-from twotower.mobius.teachers import build_teacher, calibrate_threshold
+from twotower.mobius.teachers import build_teacher, calibrate_threshold, maybe_cached
 from twotower.models import build_model
 from twotower.pipeline import (RunData, RunSummary, _prepare_run_dir, finish_run, load_run_config,
                                save_model)
 from twotower.run import RunDir, atomic_write_json, atomic_write_text
-from twotower.train.trainer import Trainer, resolve_device
+from twotower.train.trainer import Trainer, resolve_device, seed_everything
 
 
 class KeyedLog:
@@ -100,17 +100,30 @@ def _keys(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return uniq, inverse.astype(np.int64)
 
 
-def train_mobius_run(cfg: RunConfig, overwrite: bool = False, quiet: bool = False) -> RunSummary:
-    check_mobius_config(cfg)
+def train_mobius_run(cfg: RunConfig | None = None, overwrite: bool = False, quiet: bool = False,
+                     resume_dir: str | Path | None = None) -> RunSummary:
+    """Train a MOBIUS run, or resume one (``resume_dir``) from its newest checkpoint: the config
+    and the fitted features are read back from the run folder, the teacher, its keys and the
+    calibrated threshold are rebuilt from them (all deterministic), and the Trainer restores the
+    weights, optimizer, step and the task's sampler state."""
+    if resume_dir is not None:
+        run = RunDir(resume_dir)
+        cfg = load_run_config(run)
+        check_mobius_config(cfg)
+        features = FeatureSet.load(run.features)
+    else:
+        if cfg is None:
+            raise ConfigError("train_mobius_run needs a config or a run folder to resume")
+        check_mobius_config(cfg)
+        run = _prepare_run_dir(cfg, overwrite)
+        atomic_write_text(run.config, dump_config(cfg))
+        features = FeatureSet(cfg.data.features, cfg.data.item_id)
+        data = RunData(cfg, features)
+        src = data.reader.source("train")
+        features.fit(data.reader.chunks("train", features.columns()), src.path)
+        features.save(run.features)
     t0 = time.perf_counter()
     m = cfg.objective.mobius
-    run = _prepare_run_dir(cfg, overwrite)
-    atomic_write_text(run.config, dump_config(cfg))
-    features = FeatureSet(cfg.data.features, cfg.data.item_id)
-    data = RunData(cfg, features)
-    src = data.reader.source("train")
-    features.fit(data.reader.chunks("train", features.columns()), src.path)
-    features.save(run.features)
     data = RunData(cfg, features)
     corpus = data.corpus()
     teacher, threshold, qk, ak = None, m.threshold, None, None
@@ -127,10 +140,12 @@ def train_mobius_run(cfg: RunConfig, overwrite: bool = False, quiet: bool = Fals
         if m.low_relevance_share is not None:
             threshold = calibrate_threshold(teacher, len(q_vals), len(a_vals), m.low_relevance_share,
                                             seed=cfg.train.seed)
+        teacher = maybe_cached(teacher, len(q_vals), len(a_vals))
     train = KeyedLog(log, qk, ak)
     steps_per_epoch = train.num_batches(cfg.train.batch_size)
     warmup = m.warmup_steps + m.warmup_epochs * steps_per_epoch
     task = MobiusTask(m, teacher, threshold, warmup, cfg.train.seed)
+    seed_everything(cfg.train.seed)  # initial weights depend on train.seed only
     model = build_model(cfg.model, feature_schema(features, cfg.model.embedding_dim))
     valid = data.requests("valid", corpus)
     device = resolve_device(cfg.train.device)
@@ -140,7 +155,7 @@ def train_mobius_run(cfg: RunConfig, overwrite: bool = False, quiet: bool = Fals
 
     trainer = Trainer(model, task, cfg.train, run)
     result = trainer.fit(train, validate if valid is not None else None, cfg.eval.metric,
-                         num_batches=steps_per_epoch)
+                         resume=resume_dir is not None, num_batches=steps_per_epoch)
     save_model(model, run)
     summary = finish_run(run, cfg, features, model, data, corpus, device)
     summary.train = result

@@ -41,7 +41,7 @@ class MobiusTask(nn.Module):
         self.threshold = cfg.threshold if threshold is None else threshold
         self.warmup_steps = warmup_steps
         self.generator = torch.Generator().manual_seed(seed)
-        # statistics for reports (not part of the training state)
+        # statistics for reports (restored with a checkpoint, see get_extra_state)
         self.mining_seconds = 0.0
         self.bad_cases_total = 0
         self.mining_steps = 0
@@ -95,8 +95,15 @@ class MobiusTask(nn.Module):
         return total / count.clamp_min(1e-12), logs
 
     def get_extra_state(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        # the sampler's generator (exact resumption) and the report's running totals
+        return {"generator": self.generator.get_state(), "bad_cases_total": self.bad_cases_total,
+                "mining_steps": self.mining_steps, "mining_seconds": self.mining_seconds}
 
     def set_extra_state(self, state: dict) -> None:
-        if state and state.get("generator") is not None:
+        if not state:
+            return
+        if state.get("generator") is not None:
             self.generator.set_state(state["generator"])
+        self.bad_cases_total = int(state.get("bad_cases_total", 0))
+        self.mining_steps = int(state.get("mining_steps", 0))
+        self.mining_seconds = float(state.get("mining_seconds", 0.0))

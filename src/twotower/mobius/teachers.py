@@ -144,6 +144,38 @@ class SimulatorOracleTeacher:
         return torch.from_numpy(rel.astype(np.float32)).to(query_keys.device)
 
 
+#: a teacher's whole (distinct query x distinct ad) score matrix is cached when it has at most this
+#: many pairs (float32: 64 MiB); larger ones are scored batch by batch.
+MAX_CACHED_PAIRS = 1 << 24
+
+
+class CachedTeacher:
+    """Any teacher with its scores of every (prepared query, prepared ad) pair computed once, in
+    chunks of queries: a batch then costs one gather instead of a fresh comparison. The teacher is
+    fixed during training, so the scores are exactly the wrapped teacher's."""
+
+    def __init__(self, teacher: Teacher, n_queries: int, n_ads: int, chunk_pairs: int = 1 << 21):
+        self.teacher, self.name = teacher, teacher.name
+        ads = torch.arange(n_ads)
+        per = max(1, chunk_pairs // max(n_ads, 1))
+        self.matrix = torch.cat([teacher.score(torch.arange(s, min(s + per, n_queries)), ads).float()
+                                 for s in range(0, n_queries, per)]) if n_queries else \
+            torch.zeros(0, n_ads)
+
+    def prepare(self, query_values: Sequence, ad_values: Sequence) -> None:
+        raise ConfigError("CachedTeacher is built from a prepared teacher; prepare that one")
+
+    def score(self, query_keys: torch.Tensor, ad_keys: torch.Tensor) -> torch.Tensor:
+        qk, ak = query_keys.cpu(), ad_keys.cpu()
+        return self.matrix[qk[:, None], ak[None, :]].to(query_keys.device)
+
+
+def maybe_cached(teacher: Teacher, n_queries: int, n_ads: int,
+                 max_pairs: int = MAX_CACHED_PAIRS) -> Teacher:
+    """``CachedTeacher`` when the full score matrix is small enough, else the teacher itself."""
+    return CachedTeacher(teacher, n_queries, n_ads) if n_queries * n_ads <= max_pairs else teacher
+
+
 def build_teacher(cfg) -> Teacher:
     """``cfg``: ``MobiusObjectiveConfig``."""
     if cfg.teacher == "lexical":
@@ -158,10 +190,19 @@ def build_teacher(cfg) -> Teacher:
 
 def calibrate_threshold(teacher: Teacher, n_queries: int, n_ads: int, low_share: float,
                         sample: int = 512, seed: int = 0) -> float:
-    """Threshold under which ``low_share`` of random (query, ad) pairs fall (quantile of the
-    teacher's scores over a sampled cross join)."""
+    """Threshold under which at least ``low_share`` of random (query, ad) pairs fall (pairs are
+    low-relevance when ``score < threshold``), from the teacher's scores over a sampled cross join.
+    Ties matter: most pairs of a lexical teacher score exactly 0, where a plain quantile (0) would
+    leave no pair under the threshold; the threshold is the next distinct score above the
+    quantile instead."""
+    if math.isnan(low_share):
+        return 0.5
     g = torch.Generator().manual_seed(seed)
     qk = torch.randint(n_queries, (min(sample, n_queries),), generator=g)
     ak = torch.randint(n_ads, (min(sample, n_ads),), generator=g)
-    s = teacher.score(qk, ak).flatten()
-    return float(torch.quantile(s, low_share)) if not math.isnan(low_share) else 0.5
+    s = np.sort(teacher.score(qk, ak).flatten().double().numpy())
+    if not len(s):
+        return 0.5
+    at = s[min(len(s) - 1, max(0, math.ceil(low_share * len(s)) - 1))]  # the k-th smallest score
+    above = s[s > at]
+    return float(above[0]) if len(above) else float(np.nextafter(at, np.inf))

@@ -58,8 +58,11 @@ class Mobius(TwoTowerModel):
         return torch.einsum("mvd,nvd->mnv", q, i) / self.temperature
 
     def click_probability(self, q: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        """[M, V, D] x [N, V, D] -> [M, N]: softmax probability of the click class (the CTR)."""
-        return self.class_logits_matrix(q, i).softmax(-1)[..., CLICK]
+        """[M, V, D] x [N, V, D] -> [M, N]: softmax probability of the click class (the CTR).
+        One batched matrix product per class and a softmax over the class axis laid out first
+        ([V, M, N]): several times faster on CPU than a softmax over a trailing axis of size 3."""
+        logits = torch.bmm(q.transpose(0, 1), i.permute(1, 2, 0)) / self.temperature  # [V, M, N]
+        return logits.softmax(0)[CLICK]
 
     # retrieval and the generic interface use only the click vectors
     def logits(self, q: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
