@@ -14,6 +14,7 @@ queries. On accelerators a per-chunk ``topk`` is fast and avoids host syncs, so 
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 _BLOCK_ELEMENTS = 1 << 22  # CPU: scores per chunk (16 MB of float32): few, large parallel steps
@@ -79,29 +80,55 @@ def _topk_scan(flat, b, v, items, k, chunk):
 def _pruned_scan(flat, b, v, items, k, chunk):
     """Running top-k with a per-query threshold (the current k-th best score): only scores above
     it are selected, so the scan costs about one matrix product plus one pass over the scores."""
-    n = items.shape[0]
+    n, d = items.shape
     first = min(n, chunk)
     best_s, best_i = _chunk_scores(flat, b, v, items[:first]).topk(k, dim=1)
     kth = best_s[:, k - 1].clone()  # [B]
+    # reused buffers: a fresh multi-MB tensor per chunk pays its page faults on every chunk
+    score_buf = torch.empty(b * v * chunk, dtype=flat.dtype)
+    mask_buf = torch.empty(b * chunk, dtype=torch.bool)
+    # many queries: the product is compute-bound and [B, D] x [D, C] beats [B, D] x [C, D]^T, worth
+    # a transposed copy of the chunk; a few queries are bound by reading the corpus: no copy
+    items_t = torch.empty(d * chunk, dtype=items.dtype) if b * v >= 32 else None
+    restrict = False  # after a chunk that changed few queries, look at row maxima first
     for start in range(first, n, chunk):
-        s = _chunk_scores(flat, b, v, items[start:start + chunk])  # [B, C]
-        rows = (s.amax(dim=1) > kth).nonzero().squeeze(1)  # queries this chunk can change
-        if rows.numel() == 0:
+        block = items[start:start + chunk]
+        c = block.shape[0]
+        if items_t is not None:
+            block_t = items_t[:d * c].view(d, c)
+            block_t.copy_(block.T)
+        else:
+            block_t = block.T
+        s = torch.mm(flat, block_t, out=score_buf[:b * v * c].view(b * v, c))
+        if v > 1:
+            s = s.view(b, v, c).amax(dim=1)  # [B, C]: max over query vectors
+        rows = None
+        sub, thr = s, kth
+        if restrict:  # most queries cannot change: one max per row says which can
+            rows = (s.amax(dim=1) > kth).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            sub, thr = s.index_select(0, rows), kth.index_select(0, rows)
+        above = torch.gt(sub, thr.unsqueeze(1), out=mask_buf[:sub.numel()].view(sub.shape))
+        hits = torch.from_numpy(np.flatnonzero(above.numpy()))  # numpy's is ~3x torch.nonzero
+        if hits.numel() == 0:
+            restrict = True
             continue
-        sub = s.index_select(0, rows)
-        r, col = (sub > kth.index_select(0, rows).unsqueeze(1)).nonzero(as_tuple=True)
+        r, col = hits // c, hits % c
         # pack each changed row's candidates into a [R, M] block, -inf padded
-        counts = torch.bincount(r, minlength=rows.numel())
-        slot = torch.arange(r.numel()) - (torch.cumsum(counts, 0) - counts)[r]
+        local, r_in, counts = torch.unique_consecutive(r, return_inverse=True, return_counts=True)
+        target = local if rows is None else rows.index_select(0, local)  # queries that change
+        restrict = 4 * target.numel() < b
+        slot = torch.arange(r.numel()) - (torch.cumsum(counts, 0) - counts).index_select(0, r_in)
         width = int(counts.max())
-        cand_s = torch.full((rows.numel(), width), float("-inf"), dtype=s.dtype)
-        cand_i = torch.zeros((rows.numel(), width), dtype=torch.long)
-        cand_s[r, slot] = sub[r, col]
-        cand_i[r, slot] = col + start
-        merged_s = torch.cat([best_s.index_select(0, rows), cand_s], dim=1)
-        merged_i = torch.cat([best_i.index_select(0, rows), cand_i], dim=1)
+        cand_s = torch.full((target.numel(), width), float("-inf"), dtype=s.dtype)
+        cand_i = torch.zeros((target.numel(), width), dtype=torch.long)
+        cand_s[r_in, slot] = sub.reshape(-1).index_select(0, hits)
+        cand_i[r_in, slot] = col + start
+        merged_s = torch.cat([best_s.index_select(0, target), cand_s], dim=1)
+        merged_i = torch.cat([best_i.index_select(0, target), cand_i], dim=1)
         top_s, pick = merged_s.topk(k, dim=1)
-        best_s[rows] = top_s
-        best_i[rows] = merged_i.gather(1, pick)
-        kth[rows] = top_s[:, k - 1]
+        best_s[target] = top_s
+        best_i[target] = merged_i.gather(1, pick)
+        kth[target] = top_s[:, k - 1]
     return best_s, best_i
