@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+# before torch / FAISS start OpenMP: spin-waiting threads stall on a shared machine (README)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DIM = 64
@@ -185,7 +189,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "index.json")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    results: dict = {"n": args.n, "dim": DIM, "queries": args.queries, "datasets": {}}
+    results: dict = {"n": args.n, "dim": DIM, "queries": args.queries,
+                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "datasets": {}}
     for name in args.datasets:
         x, q = DATASETS[name](args.n, args.queries, rng)
         exact, truth = time_exact(x, q, 100, args.device)
