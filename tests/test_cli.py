@@ -101,3 +101,13 @@ def test_train_evaluate_export(tmp_path, tiny_config):
     before = (run / "model.safetensors").read_bytes()
     assert_user_error(invoke("train", p), "already exists", "--resume", "--overwrite")
     assert (run / "model.safetensors").read_bytes() == before
+
+
+def test_resume_with_a_config_is_refused_not_ignored(tmp_path):
+    cfg = tmp_path / "other.yaml"
+    cfg.write_text("name: x\n")
+    res = runner.invoke(app, ["train", str(cfg), "--resume", str(tmp_path / "run")])
+    assert res.exit_code == 1
+    assert "not both" in res.output
+    res = runner.invoke(app, ["train", "--resume", str(tmp_path / "run"), "--set", "train.lr=1"])
+    assert res.exit_code == 1 and "not both" in res.output

@@ -80,6 +80,11 @@ def train(config: Optional[Path] = typer.Argument(None, help="run config (YAML)"
 
         if resume is None and config is None:
             raise ConfigError("give a CONFIG.yaml to train, or --resume RUN_DIR")
+        if resume is not None and (config is not None or set_):
+            # a resumed run continues under the config.yaml saved in its folder; silently
+            # ignoring a different one would train something other than what was asked for
+            raise ConfigError(f"--resume {resume} continues with that run's own config.yaml; "
+                              "give either CONFIG.yaml (and --set) or --resume, not both")
         cfg = None if resume is not None else load_config(config, set_)
         if _is_mobius(cfg, resume):
             from twotower.mobius.pipeline import train_mobius_run
