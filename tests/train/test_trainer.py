@@ -204,3 +204,13 @@ def test_resuming_an_early_stopped_run_trains_no_more(tiny_config, tmp_path):
     after = weights(tmp_path / "run" / "model.safetensors")
     for k in final:
         np.testing.assert_array_equal(final[k], after[k])
+
+
+def test_max_steps_stop_is_logged_and_checkpointed(tiny_config, tmp_path):
+    cfg = tiny_config(tmp_path / "run", train={"epochs": 3, "batch_size": 8, "max_steps": 7,
+                                               "checkpoint_every": 1000})
+    trainer, data = build(cfg, tmp_path / "run")
+    trainer.fit(data)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["stopped"] == "max_steps" and records[-1]["step"] == 7
+    assert list_checkpoints(tmp_path / "run" / "checkpoints")[-1].name.endswith("7")

@@ -205,7 +205,11 @@ class Trainer:
                     stop = True
                     break
             train_seconds += time.perf_counter() - t0
-            if stop:
+            if stop:  # max_steps mid-epoch: record it and keep the exact state for a later resume
+                self._log({"epoch": self.epoch, "step": self.step,
+                           "train_loss": running / max(n_logged, 1),
+                           "seconds": time.perf_counter() - t0, "stopped": "max_steps"})
+                self.save_checkpoint()
                 break
             record: dict[str, Any] = {"epoch": self.epoch, "step": self.step,
                                       "train_loss": running / max(n_logged, 1),
