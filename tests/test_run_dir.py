@@ -29,3 +29,18 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         atomic_write(target, boom)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temporary left behind
+
+
+def test_json_artifacts_fail_with_one_clear_error(tmp_path):
+    from twotower.errors import ArtifactError
+    from twotower.run import read_json_artifact
+
+    with pytest.raises(ArtifactError, match="model metadata not found — was this run trained"):
+        read_json_artifact(tmp_path / "model.json", "model metadata", "was this run trained?")
+    (tmp_path / "m.json").write_text("{half")
+    with pytest.raises(ArtifactError, match="m.json: corrupt manifest"):
+        read_json_artifact(tmp_path / "m.json", "manifest")
+    (tmp_path / "m.json").write_text('{"format_version": 9}')
+    with pytest.raises(ArtifactError, match="format version 9 is not 1"):
+        read_json_artifact(tmp_path / "m.json", "manifest", format_version=1)
+    assert read_json_artifact(tmp_path / "m.json", "manifest") == {"format_version": 9}

@@ -8,7 +8,6 @@ The CLI is a thin layer over these functions; so is the Python API a user script
 """
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -30,7 +29,8 @@ from twotower.index.export import write_vectors
 from twotower.models import TwoTowerModel, build_model
 from twotower.models.base import model_config_class
 from twotower.objectives.tasks import build_task
-from twotower.run import FORMAT_VERSION, RunDir, atomic_write_json, atomic_write_text
+from twotower.run import (FORMAT_VERSION, RunDir, atomic_write_json, atomic_write_text,
+                          read_json_artifact)
 from twotower.data.readers import TableSource
 from twotower.towers.embedding import FieldSpec
 from twotower.train.checkpoint import load_weights
@@ -55,15 +55,8 @@ def save_model(model: TwoTowerModel, run: RunDir) -> None:
 
 
 def load_model(run: RunDir, weights: Path | None = None) -> TwoTowerModel:
-    try:
-        meta = json.loads(run.model_meta.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{run.model_meta}: not found — was this run trained?") from None
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{run.model_meta}: corrupt ({err})") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{run.model_meta}: format version {meta.get('format_version')} "
-                            f"is not {FORMAT_VERSION}")
+    meta = read_json_artifact(run.model_meta, "model metadata", "was this run trained?",
+                              format_version=FORMAT_VERSION)
     cfg = model_config_class(meta["model"]["name"]).model_validate(meta["model"])
     schema = {n: FieldSpec.from_json(s) for n, s in meta["schema"].items()}
     model = build_model(cfg, schema)

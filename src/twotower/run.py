@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from twotower.errors import ArtifactError
+
 FORMAT_VERSION = 1
 
 
@@ -61,6 +63,23 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json_artifact(path: str | Path, what: str, hint: str = "",
+                       format_version: int | None = None) -> Any:
+    """A JSON artifact of a run: a missing, corrupt or other-version file is one ArtifactError
+    naming the file and ``what`` it is (``hint``: what to do when it is missing)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: {what} not found" + (f" — {hint}" if hint else "")) from None
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{path}: corrupt {what} ({err})") from None
+    if format_version is not None and data.get("format_version") != format_version:
+        raise ArtifactError(f"{path}: {what} format version {data.get('format_version')} is not "
+                            f"{format_version}")
+    return data
 
 
 def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from twotower.errors import ArtifactError, ConfigError, DataError
-from twotower.run import atomic_write, atomic_write_dir, atomic_write_text
+from twotower.run import RunDir, atomic_write, atomic_write_dir, atomic_write_text, read_json_artifact
 
 INDEX_FORMAT_VERSION = 1
 KINDS = ("flat", "hnsw", "ivf-flat", "ivf-pq", "opq", "sq8", "fp16")
@@ -322,15 +322,7 @@ def load_index(run_dir: str | Path, version: str | None = None,
     version = version or current_version(run_dir)
     folder = index_root(run_dir) / version
     mpath = folder / "manifest.json"
-    try:
-        manifest = json.loads(mpath.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{mpath}: index manifest not found") from None
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{mpath}: corrupt manifest ({err})") from None
-    if manifest.get("format_version") != INDEX_FORMAT_VERSION:
-        raise ArtifactError(f"{mpath}: index format version {manifest.get('format_version')} is "
-                            f"not {INDEX_FORMAT_VERSION}")
+    manifest = read_json_artifact(mpath, "manifest", format_version=INDEX_FORMAT_VERSION)
     for name, digest in (manifest.get("files") or {}).items():
         f = folder / name
         if not f.is_file():
@@ -341,11 +333,7 @@ def load_index(run_dir: str | Path, version: str | None = None,
     if set(manifest.get("files") or {}) != {"index.faiss", "ids.parquet"}:
         raise ArtifactError(f"{mpath}: manifest lists no checksums for index.faiss / ids.parquet")
     if contract is None:
-        cpath = Path(run_dir) / "contract.json"
-        try:
-            contract = json.loads(cpath.read_text())
-        except (FileNotFoundError, json.JSONDecodeError) as err:
-            raise ArtifactError(f"{cpath}: similarity contract unreadable ({err})") from None
+        contract = read_json_artifact(RunDir(run_dir).contract, "similarity contract")
     want = contract_fingerprint(contract)
     diff = {k: (manifest["contract"].get(k), want[k]) for k in CONTRACT_KEYS
             if manifest["contract"].get(k) != want[k]}

@@ -7,7 +7,6 @@ explicit ``weight_column`` must agree with it.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +17,12 @@ from twotower.errors import ArtifactError, ConfigError, DataError
 from twotower.index.ann import (VectorIndex, add_items, build_index, load_index, remove_items,
                                 save_index)
 from twotower.index.export import read_vectors
-from twotower.run import RunDir
+from twotower.run import RunDir, read_json_artifact
 
 
 def read_contract(run_dir: str | Path) -> dict:
-    path = RunDir(run_dir).contract
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: not found — train or export the run first") from None
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{path}: corrupt ({err})") from None
+    return read_json_artifact(RunDir(run_dir).contract, "similarity contract",
+                              "train or export the run first")
 
 
 def _weights_for(ids: pa.Array, table: pa.Table, id_col: str, column: str, where: str) -> np.ndarray:
