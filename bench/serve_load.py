@@ -31,7 +31,6 @@ def free_port() -> int:
 
 
 def make_run(tmp: Path, n_items: int) -> tuple[Path, list[dict]]:
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from twotower.data.simulator import SimulatorConfig, simulate

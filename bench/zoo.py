@@ -124,7 +124,7 @@ def format_table(res: dict) -> str:
             ("ML ndcg@50", "ml", "ndcg@50"), ("sim rel@50", "sim", "relevant@50"),
             ("sim CPM@50", "sim", "cpm@50"), ("params ML", "ml", "params"),
             ("ex/s ML", "ml", "examples_per_s"), ("ex/s sim", "sim", "examples_per_s")]
-    head = f"| model | " + " | ".join(c[0] for c in cols) + " |"
+    head = "| model | " + " | ".join(c[0] for c in cols) + " |"
     lines = [head, "|" + "---|" * (len(cols) + 1)]
     for name, r in res["models"].items():
         cells = []

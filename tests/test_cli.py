@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-import pytest
 import yaml
 from typer.testing import CliRunner
 

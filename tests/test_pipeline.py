@@ -18,7 +18,6 @@ from twotower.run import RunDir
 
 @pytest.fixture(scope="module")
 def trained(sim_dir, tmp_path_factory):
-    from twotower.config import merge
     from twotower.presets import simulator_config
 
     from conftest import tiny_sections

@@ -134,7 +134,7 @@ def export(run_dir: Path,
            queries: Optional[Path] = typer.Option(None, help="table of query rows to embed")):
     """Export item (and query) embeddings with their ids to Parquet and .npy."""
     def go():
-        from twotower.pipeline import export_queries, export_run
+        from twotower.pipeline import export_run
 
         typer.echo(json.dumps({"items": export_run(run_dir)["files"]["items"],
                                "queries": _try_queries(run_dir, queries)}, indent=2))

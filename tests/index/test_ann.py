@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from twotower.errors import ArtifactError, ConfigError, DataError
-from twotower.index.ann import (KINDS, add_items, build_index, load_index, remove_items, save_index)
+from twotower.index.ann import (add_items, build_index, load_index, remove_items, save_index)
 from twotower.index.exact import exact_search
 from twotower.index.export import write_vectors
 from twotower.index.run_index import build_run_index
@@ -68,7 +68,6 @@ def test_multi_vector_merge_max_and_dedupe():
     s, lab = merge_multi_vector(scores, labels, 3)
     assert lab.tolist() == [[3, 1, 4]] and np.allclose(s, [[0.9, 0.8, 0.6]])
     # agrees with the exact max-merge search
-    rng = np.random.default_rng(2)
     items = torch.from_numpy(low_rank(500, 16))
     q = torch.nn.functional.normalize(torch.randn(4, 3, 16), dim=-1)
     vi = build_index(items.numpy(), np.arange(500), "flat")

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from twotower.errors import ArtifactError, ConfigError, DataError
-from twotower.run import RunDir, atomic_write, atomic_write_dir, atomic_write_text, read_json_artifact
+from twotower.run import RunDir, atomic_write_dir, atomic_write_text, read_json_artifact
 
 INDEX_FORMAT_VERSION = 1
 KINDS = ("flat", "hnsw", "ivf-flat", "ivf-pq", "opq", "sq8", "fp16")

@@ -21,7 +21,7 @@ from torch import nn
 
 from twotower.config import TrainConfig
 from twotower.errors import ArtifactError
-from twotower.run import RunDir, atomic_write
+from twotower.run import RunDir
 from twotower.train.checkpoint import (list_checkpoints, load_checkpoint, load_weights,
                                        save_checkpoint, save_weights)
 from twotower.types import Batch
