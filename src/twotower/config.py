@@ -145,6 +145,11 @@ class ObjectiveConfig(StrictModel):
     logq_correction: bool = True
     remove_accidental_hits: bool = True
     uniform_negatives: int = Field(0, ge=0, description="mixed negatives: corpus draws per batch")
+    in_batch_block: int | None = Field(
+        None, gt=1, description="in_batch_softmax: split each batch into blocks of this many rows; "
+        "a row's negatives are the other rows of its block (as per-device in-batch negatives in "
+        "data-parallel training). The [B, B] score matrix shrinks to B x block, so a large batch "
+        "costs per example what a block-sized one does. None: the whole batch")
     estimator: FrequencyEstimatorConfig = Field(default_factory=FrequencyEstimatorConfig)
     mobius: MobiusObjectiveConfig = Field(default_factory=MobiusObjectiveConfig)
 

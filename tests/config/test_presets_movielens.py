@@ -12,5 +12,16 @@ def test_movielens_preset_sizes():
     assert (full.model.embedding_dim, full.model.hidden, full.model.output_dim) == (64, [256], 64)
     assert full.train.epochs == 3 and full.model.temperature == fast.model.temperature == 0.05
     assert set(MOVIELENS_MODELS) == {"fast", "full"}
+    # fast: 4096-row batches whose softmax runs over blocks of 1024; full: plain batches of 1024
+    assert (fast.train.batch_size, fast.objective.in_batch_block) == (4096, 1024)
+    assert (full.train.batch_size, full.objective.in_batch_block) == (1024, None)
+    tuned = movielens_config("/tmp/data", "/tmp/run", train={"batch_size": 512},
+                             objective={"in_batch_block": None})
+    assert (tuned.train.batch_size, tuned.objective.in_batch_block) == (512, None)
+    history = {size: next(f.max_len for f in cfg.data.features if f.name == "history")
+               for size, cfg in (("fast", fast), ("full", full))}
+    assert history == {"fast": 20, "full": 50}
+    longer = movielens_config("/tmp/data", "/tmp/run", history_len=50)
+    assert next(f.max_len for f in longer.data.features if f.name == "history") == 50
     with pytest.raises(ConfigError, match="fast, full"):
         movielens_config("/tmp/data", "/tmp/run", "huge")

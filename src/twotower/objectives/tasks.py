@@ -50,6 +50,10 @@ class RetrievalTask(nn.Module):
             n = len(next(iter(corpus.values())))
             # sampler index j in [1, n] is corpus row j - 1 (index 0 is never drawn)
             self.sampler = UniformSampler(n + 1, cfg.uniform_negatives, seed)
+        if cfg.in_batch_block is not None and cfg.name != "in_batch_softmax":
+            raise ConfigError(f"objective.in_batch_block applies to in_batch_softmax, not {cfg.name}: "
+                              "set objective.in_batch_block: null (the MovieLens fast preset sets "
+                              "1024)")
         if cfg.name == "pointwise_bce":
             # cosine/temperature is centred on 0; a learned bias lets sigmoid match the click rate
             self.bias = nn.Parameter(torch.zeros(()))
@@ -88,14 +92,10 @@ class RetrievalTask(nn.Module):
         if self.estimator is not None:
             self.estimator.update(batch.item_ids, step)
         ids, log_q = in_batch_candidates(batch.item_ids, self.estimator)
-        if self.sampler is None and uses_plain_logits(model):
-            # same loss and gradients as the plain path below, one [B, B] buffer instead of many
-            return fused_in_batch_softmax(q[:, 0] / model.temperature, i[:, 0], ids, log_q,
-                                          batch.weight, self.cfg.remove_accidental_hits), {}
-        logits = model.logits(q, i)  # [B, B]
         if self.sampler is None:
-            return in_batch_softmax(logits, ids, log_q, batch.weight,
-                                    remove_hits=self.cfg.remove_accidental_hits), {}
+            return blockwise(self._in_batch, ids.shape[0], self.cfg.in_batch_block, batch.weight,
+                             model, q, i, ids, log_q), {}
+        logits = model.logits(q, i)  # [B, B]
         rows, extra_log_q = self.sampler.sample()
         corpus = self._corpus_on(logits.device)
         pick = (rows - 1).to(logits.device)
@@ -106,12 +106,42 @@ class RetrievalTask(nn.Module):
             model.pair_logits(q, i), logits, ids, log_q, model.logits(q, extra), extra_ids,
             extra_log_q.to(logits.device), batch.weight), {}
 
+    def _in_batch(self, model: nn.Module, q: torch.Tensor, i: torch.Tensor, ids: torch.Tensor,
+                  log_q: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        """In-batch softmax over the rows given (the batch, or one block of it)."""
+        if uses_plain_logits(model):
+            # same loss and gradients as the plain path below, one [B, B] buffer instead of many
+            return fused_in_batch_softmax(q[:, 0] / model.temperature, i[:, 0], ids, log_q,
+                                          weight, self.cfg.remove_accidental_hits)
+        return in_batch_softmax(model.logits(q, i), ids, log_q, weight,
+                                remove_hits=self.cfg.remove_accidental_hits)
+
     def get_extra_state(self) -> dict:
         return {"sampler": self.sampler.state_dict() if self.sampler is not None else None}
 
     def set_extra_state(self, state: dict) -> None:
         if self.sampler is not None and state.get("sampler") is not None:
             self.sampler.load_state_dict(state["sampler"])
+
+
+def blockwise(loss_fn, rows: int, block: int | None, weight: torch.Tensor | None, model, q, i,
+              ids, log_q) -> torch.Tensor:
+    """The batch's weighted mean loss with ``loss_fn`` applied to consecutive blocks of ``block``
+    rows (the whole batch when ``block`` is None or not smaller): each block's mean is weighted by
+    its share of the batch's total weight, so the result is the mean over all rows. The log-Q
+    term needs no rescaling per block: a block-sized candidate set shifts every log q of a row by
+    the same constant, which the softmax ignores."""
+    if block is None or rows <= block:
+        return loss_fn(model, q, i, ids, log_q, weight)
+    total = weight.sum().clamp_min(1e-12) if weight is not None else None
+    loss = q.new_zeros(())
+    for start in range(0, rows, block):
+        part = slice(start, start + block)
+        w = None if weight is None else weight[part]
+        share = (w.sum() / total) if w is not None else ids[part].shape[0] / rows
+        loss = loss + share * loss_fn(model, q[part], i[part], ids[part],
+                                      None if log_q is None else log_q[part], w)
+    return loss
 
 
 def uses_plain_logits(model: nn.Module) -> bool:
