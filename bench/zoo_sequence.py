@@ -140,7 +140,8 @@ def main() -> None:
                  "models": {}}
     for name in names:
         model, feats = MODELS[name]
-        cfg = movielens_config(ml, work / "runs" / name, model={**COMMON_MODEL, **model},
+        cfg = movielens_config(ml, work / "runs" / name, history_len=50,
+                               model={**COMMON_MODEL, **model}, objective={"in_batch_block": None},
                                train={"epochs": 100, "max_steps": args.steps, "batch_size": args.batch,
                                       "progress": False, "threads": 2, "checkpoint_every": 1_000_000,
                                       "early_stopping_patience": None})
