@@ -213,3 +213,15 @@ def test_max_steps_stop_is_logged_and_checkpointed(tiny_config, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["stopped"] == "max_steps" and records[-1]["step"] == 7
     assert list_checkpoints(tmp_path / "run" / "checkpoints")[-1].name.endswith("7")
+
+
+def test_train_threads_apply_during_fit_only(tiny_config, tmp_path):
+    """``train.threads`` is the thread count of training (and its validation), not a process-wide
+    side effect: the caller's count is back when fit returns."""
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    trainer, train = build(tiny_config(tmp_path / "r", train={"epochs": 1, "threads": want}), None)
+    seen = []
+    trainer.fit(train, validate=lambda model: seen.append(torch.get_num_threads()) or {})
+    assert seen == [want]
+    assert torch.get_num_threads() == before

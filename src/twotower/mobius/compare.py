@@ -6,8 +6,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from twotower.mobius.evaluate import (HeldOut, click_auc_and_top_relevance, run_scores,
                                       teacher_scores)
 from twotower.mobius.pipeline import train_mobius_run
@@ -26,12 +24,8 @@ def run_comparison(data_dir: str | Path, workdir: str | Path, epochs: int | None
     MOBIUS preset's, for every contender. ``dssm``: also train the in-batch softmax DSSM.
     ``threads``: torch CPU threads while training (1 by default: these small models gain nothing
     from a second intra-op thread, and on a shared CPU its spin-waits cost 10x and more)."""
-    threads_before = torch.get_num_threads()  # the Trainer sets it process-wide
-    try:
-        return _compare(data_dir, Path(workdir), epochs, ks, table1, oracle, max_searches,
-                        batch_size, seed, text_buckets, dssm, threads, log)
-    finally:
-        torch.set_num_threads(threads_before)
+    return _compare(data_dir, Path(workdir), epochs, ks, table1, oracle, max_searches,
+                    batch_size, seed, text_buckets, dssm, threads, log)
 
 
 def _compare(data_dir, workdir: Path, epochs, ks, table1, oracle, max_searches, batch_size, seed,

@@ -78,8 +78,6 @@ class Trainer:
         self.model, self.task, self.cfg = model, task, cfg
         self.run_dir = run_dir
         self.device = resolve_device(cfg.device)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
         # Adam keeps decaying the moments of embedding rows a batch did not touch; after ~800
         # steps they reach the denormal range, where CPU arithmetic is several times slower.
         torch.set_flush_denormal(True)
@@ -174,6 +172,18 @@ class Trainer:
     def fit(self, data: BatchSource, validate: Callable[[nn.Module], dict] | None = None,
             metric: str | None = None, resume: bool = False,
             num_batches: int | None = None) -> TrainResult:
+        """Train (and validate) with ``train.threads`` torch CPU threads; the process's thread
+        count is restored when fit returns or fails, so a run does not change it for the caller."""
+        threads_before = torch.get_num_threads()
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        try:
+            return self._fit(data, validate, metric, resume, num_batches)
+        finally:
+            torch.set_num_threads(threads_before)
+
+    def _fit(self, data: BatchSource, validate: Callable[[nn.Module], dict] | None,
+             metric: str | None, resume: bool, num_batches: int | None) -> TrainResult:
         if not (resume and self.resume()):  # nothing to resume: start as a fresh run would
             seed_everything(self.cfg.seed)
         best_path = self.run_dir.root / "best.safetensors" if self.run_dir else None
