@@ -81,13 +81,12 @@ def _config(kind: str, data_dir: Path, run_dir: Path, spec: ModelSpec, epochs: i
     extra = spec.movielens if kind == "movielens" else spec.simulator
     model = merge(merge(dict(COMMON_MODEL), spec.model), extra)
     train = {"epochs": epochs, "progress": False, "threads": 2, "checkpoint_every": 1_000_000}
+    pinned: dict = {}
     if kind == "movielens":  # the protocol of the recorded zoo results: plain batches of 1024,
         # 50 history items (the fast preset now trains 4096-row batches in softmax blocks)
-        cfg = preset(data_dir, run_dir, history_len=50, model=model,
-                     train={**train, "batch_size": 1024, "lr": 0.003},
-                     objective={"in_batch_block": None})
-    else:
-        cfg = preset(data_dir, run_dir, model=model, train=train)
+        train.update(batch_size=1024, lr=0.003)
+        pinned = {"history_len": 50, "objective": {"in_batch_block": None}}
+    cfg = preset(data_dir, run_dir, model=model, train=train, **pinned)
     rewrite = spec.ml_features if kind == "movielens" else spec.sim_features
     if rewrite is not None:
         raw = cfg.model_dump(mode="json")

@@ -75,8 +75,8 @@ MOVIELENS_MODELS = {
 #: of the optimiser and of ~300 small ops is shared by 4x the examples: 1.3-1.5x the positives/s
 #: of batch 1024 at the same HR@50 (bench/ml100k.py, README). "full": plain batches of 1024.
 MOVIELENS_TRAINING = {
-    "fast": ({"batch_size": 4096, "lr": 0.006}, {"in_batch_block": 1024}),
-    "full": ({"batch_size": 1024, "lr": 0.003}, {}),
+    "fast": {"train": {"batch_size": 4096, "lr": 0.006}, "objective": {"in_batch_block": 1024}},
+    "full": {"train": {"batch_size": 1024, "lr": 0.003}, "objective": {}},
 }
 #: items of watch history pooled into the user tower, by size. 20 for "fast": higher validation
 #: HR@50 than 50 (0.490 vs 0.472) and less pooling work per example.
@@ -114,8 +114,8 @@ def movielens_config(data_dir: str | Path, run_dir: str | Path, size: str = "fas
             ],
         },
         "model": dict(MOVIELENS_MODELS[size]),
-        "objective": dict(MOVIELENS_TRAINING[size][1]),
-        "train": {"epochs": 20, **MOVIELENS_TRAINING[size][0], "checkpoint_every": 100_000},
+        "objective": dict(MOVIELENS_TRAINING[size]["objective"]),
+        "train": {"epochs": 20, **MOVIELENS_TRAINING[size]["train"], "checkpoint_every": 100_000},
         "eval": {"ks": [10, 50], "exclude_seen_by": "user_id", "metric": "hr@50"},
     }
     return validate_config(_merge(raw, sections), "movielens preset")

@@ -9,7 +9,7 @@ from twotower.objectives.losses import in_batch_softmax
 from twotower.objectives.tasks import RetrievalTask, blockwise
 
 
-def _plain(model, q, i, ids, log_q, weight):
+def _plain(q, i, ids, log_q, weight):
     return in_batch_softmax(q @ i.T, ids, log_q, weight)
 
 
@@ -23,7 +23,7 @@ def _data(b=10, d=4, seed=0):
 
 def test_blocks_are_independent_softmaxes_averaged_over_rows():
     q, i, ids, log_q, w = _data()
-    got = blockwise(_plain, 10, 4, None, None, q, i, ids, log_q)  # blocks of 4, 4 and 2 rows
+    got = blockwise(_plain, 4, q, i, ids, log_q, None)  # blocks of 4, 4 and 2 rows
     per_row = torch.cat([torch.nn.functional.cross_entropy(
         _masked(q[s:e] @ i[s:e].T - log_q[s:e][None, :], ids[s:e]), torch.arange(e - s),
         reduction="none") for s, e in ((0, 4), (4, 8), (8, 10))])
@@ -40,7 +40,7 @@ def _masked(logits, ids):
 
 def test_weighted_blocks_equal_the_weighted_mean_of_rows():
     q, i, ids, log_q, w = _data(seed=1)
-    got = blockwise(_plain, 10, 3, w, None, q, i, ids, log_q)
+    got = blockwise(_plain, 3, q, i, ids, log_q, w)
     rows = torch.cat([torch.nn.functional.cross_entropy(
         _masked(q[s:s + 3] @ i[s:s + 3].T - log_q[s:s + 3][None, :], ids[s:s + 3]),
         torch.arange(min(3, 10 - s)), reduction="none") for s in range(0, 10, 3)])
@@ -50,7 +50,7 @@ def test_weighted_blocks_equal_the_weighted_mean_of_rows():
 def test_a_block_as_large_as_the_batch_is_the_plain_softmax():
     q, i, ids, log_q, w = _data(seed=2)
     for block in (None, 10, 64):
-        torch.testing.assert_close(blockwise(_plain, 10, block, w, None, q, i, ids, log_q),
+        torch.testing.assert_close(blockwise(_plain, block, q, i, ids, log_q, w),
                                    in_batch_softmax(q @ i.T, ids, log_q, w))
 
 

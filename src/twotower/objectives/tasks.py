@@ -13,6 +13,8 @@ is saved in checkpoints and restored on resume.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -93,8 +95,8 @@ class RetrievalTask(nn.Module):
             self.estimator.update(batch.item_ids, step)
         ids, log_q = in_batch_candidates(batch.item_ids, self.estimator)
         if self.sampler is None:
-            return blockwise(self._in_batch, ids.shape[0], self.cfg.in_batch_block, batch.weight,
-                             model, q, i, ids, log_q), {}
+            return blockwise(partial(self._in_batch, model), self.cfg.in_batch_block,
+                             q, i, ids, log_q, batch.weight), {}
         logits = model.logits(q, i)  # [B, B]
         rows, extra_log_q = self.sampler.sample()
         corpus = self._corpus_on(logits.device)
@@ -124,22 +126,23 @@ class RetrievalTask(nn.Module):
             self.sampler.load_state_dict(state["sampler"])
 
 
-def blockwise(loss_fn, rows: int, block: int | None, weight: torch.Tensor | None, model, q, i,
-              ids, log_q) -> torch.Tensor:
-    """The batch's weighted mean loss with ``loss_fn`` applied to consecutive blocks of ``block``
-    rows (the whole batch when ``block`` is None or not smaller): each block's mean is weighted by
-    its share of the batch's total weight, so the result is the mean over all rows. The log-Q
-    term needs no rescaling per block: a block-sized candidate set shifts every log q of a row by
-    the same constant, which the softmax ignores."""
+def blockwise(loss_fn, block: int | None, q: torch.Tensor, i: torch.Tensor, ids: torch.Tensor,
+              log_q: torch.Tensor | None, weight: torch.Tensor | None) -> torch.Tensor:
+    """The batch's weighted mean of ``loss_fn(q, i, ids, log_q, weight)`` applied to consecutive
+    blocks of ``block`` rows (the whole batch when ``block`` is None or not smaller): each block's
+    mean is weighted by its share of the batch's total weight, so the result is the mean over all
+    rows. The log-Q term needs no rescaling per block: a block-sized candidate set shifts every
+    log q of a row by the same constant, which the softmax ignores."""
+    rows = ids.shape[0]
     if block is None or rows <= block:
-        return loss_fn(model, q, i, ids, log_q, weight)
+        return loss_fn(q, i, ids, log_q, weight)
     total = weight.sum().clamp_min(1e-12) if weight is not None else None
     loss = q.new_zeros(())
     for start in range(0, rows, block):
         part = slice(start, start + block)
         w = None if weight is None else weight[part]
         share = (w.sum() / total) if w is not None else ids[part].shape[0] / rows
-        loss = loss + share * loss_fn(model, q[part], i[part], ids[part],
+        loss = loss + share * loss_fn(q[part], i[part], ids[part],
                                       None if log_q is None else log_q[part], w)
     return loss
 
