@@ -1,0 +1,4 @@
+"""``python -m twotower ...`` runs the command line (also what ``torchrun -m twotower`` needs)."""
+from twotower.cli import main
+
+main()
