@@ -20,6 +20,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Two-tower candidate retrieval: from click logs to a served index.")
 
 
+@app.callback()
+def _options(quiet: bool = typer.Option(False, "--quiet", "-q",
+                                        help="no progress bars (they are off when stderr is not a terminal)")):
+    from twotower.progress import set_quiet
+
+    set_quiet(quiet)
+
+
 def _run(fn):
     """Call ``fn``; a user error prints one clear message (no traceback) and exits 1."""
     try:
@@ -71,8 +79,10 @@ def train(config: Optional[Path] = typer.Argument(None, help="run config (YAML)"
           set_: List[str] = typer.Option([], "--set", help="override, e.g. train.lr=3e-4"),
           resume: Optional[Path] = typer.Option(None, help="run folder to resume from its last checkpoint"),
           overwrite: bool = typer.Option(False, help="replace an existing run folder"),
-          stream: bool = typer.Option(False, help="read the training log from disk every epoch")):
-    """Fit features, train, evaluate and export one run."""
+          stream: bool = typer.Option(False, help="read the training log from disk every epoch"),
+          report: bool = typer.Option(True, "--report/--no-report",
+                                      help="write RUN_DIR/report/ (plots + HTML) at the end")):
+    """Fit features, train, evaluate and export one run (and draw its report)."""
     def go():
         from twotower.config import load_config
         from twotower.errors import ConfigError
@@ -96,6 +106,33 @@ def train(config: Optional[Path] = typer.Argument(None, help="run config (YAML)"
         cols = [f"{m}@{k}" for k in ks for m in ("hr", "ndcg")] + ["mrr"]
         print_metrics(f"{summary.metrics.get('split', '')} metrics — {summary.run_dir}",
                       {"model": summary.metrics}, cols)
+        if report:
+            _train_report(summary.run_dir)
+
+    _run(go)
+
+
+def _train_report(run_dir: Path) -> None:
+    """The report at the end of training; without matplotlib a clear line, not a failure."""
+    from twotower.eval.plots import have_matplotlib
+
+    if not have_matplotlib():
+        typer.secho("report skipped: matplotlib is not installed (pip install 'matplotlib>=3.8', "
+                    "then `twotower report RUN_DIR`)", fg=typer.colors.YELLOW, err=True)
+        return
+    from twotower.eval.report import write_report
+
+    typer.echo(f"report: {write_report(run_dir).html}")
+
+
+@app.command()
+def report(run_dir: Path):
+    """Plots and one self-contained HTML page of a run, in RUN_DIR/report/."""
+    def go():
+        from twotower.eval.report import write_report
+
+        rep = write_report(run_dir)
+        typer.echo(json.dumps({"html": str(rep.html), "plots": rep.plots}, indent=2))
 
     _run(go)
 
@@ -196,12 +233,14 @@ def serve(run_dir: Path,
           port: int = typer.Option(8000),
           api_key: Optional[str] = typer.Option(None, envvar="TWOTOWER_API_KEY",
                                                 help="key required by /admin routes (X-API-Key)"),
-          max_k: int = typer.Option(1000, help="largest k a request may ask for")):
+          max_k: int = typer.Option(1000, help="largest k a request may ask for"),
+          inspector: bool = typer.Option(False, help="serve the retrieval inspector page at "
+                                         "/inspector (behind the API key when one is set)")):
     """Serve top-K retrieval over HTTP (FastAPI): /retrieve, /health, /metadata, /admin/reload."""
     def go():
         from twotower.serve.app import serve as run_server
 
-        run_server(run_dir, host=host, port=port, api_key=api_key, max_k=max_k)
+        run_server(run_dir, host=host, port=port, api_key=api_key, max_k=max_k, inspector=inspector)
 
     _run(go)
 

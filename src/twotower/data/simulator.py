@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from twotower.data.words import GENERIC_WORDS, LURE_WORDS, RELATED_TOPICS, TOPICS
 from twotower.errors import ConfigError, DataError
+from twotower.progress import chunk_starts
 
 #: relevance = topicality · (W_TOPIC·same + W_RELATED·related) + W_OVERLAP·overlap.
 W_TOPIC, W_RELATED, W_OVERLAP = 0.45, 0.10, 0.55
@@ -432,7 +433,8 @@ def _lexical_candidates(cfg: SimulatorConfig, vocab: _Vocab, query_words: np.nda
     ad_oh = _onehot(ad_words, v).T.copy()
     cand = np.empty((len(query_words), c), dtype=np.int64)
     shared = np.empty((len(query_words), c), dtype=np.int64)
-    for start in range(0, len(query_words), chunk):  # bounded memory: chunk × n_ads scores
+    # bounded memory: chunk × n_ads scores
+    for start in chunk_starts(len(query_words), chunk, "simulating candidates", "query"):
         counts = _onehot(query_words[start:start + chunk], v) @ ad_oh
         score = counts + 0.99 * rng.random(counts.shape, dtype=np.float32)
         top = np.argpartition(-score, c - 1, axis=1)[:, :c]

@@ -16,6 +16,7 @@ import torch
 from twotower.eval.metrics import ranking_metrics
 from twotower.features.dataset import ItemCorpus
 from twotower.features.feature_set import Encoded, FeatureSet
+from twotower.progress import chunk_starts
 from twotower.types import Side
 
 #: Compressed sparse rows: (indptr [R + 1], values)
@@ -126,7 +127,7 @@ def encode_corpus(model, corpus: ItemCorpus, batch_size: int = 4096,
     """Retrieval vectors of every corpus item: [N, D]."""
     model.eval()
     out = []
-    for start in range(0, len(corpus), batch_size):
+    for start in chunk_starts(len(corpus), batch_size, "encoding items", "item"):
         feats = {k: v.to(device) for k, v in corpus.tensors(slice(start, start + batch_size)).items()}
         out.append(model.retrieval_item(model.encode_item(feats)).float())
     return torch.cat(out)
@@ -139,7 +140,7 @@ def encode_queries(model, query: Encoded, batch_size: int = 4096,
     model.eval()
     n = len(next(iter(query.values())))
     out = []
-    for start in range(0, n, batch_size):
+    for start in chunk_starts(n, batch_size, "encoding queries", "query"):
         feats = {k: torch.from_numpy(np.ascontiguousarray(v[start:start + batch_size])).to(device)
                  for k, v in query.items()}
         out.append(model.retrieval_query(model.encode_query(feats)).float())
@@ -163,7 +164,7 @@ def rank_targets(query_vecs: torch.Tensor, item_vecs: torch.Tensor, targets: CSR
     t_req = np.repeat(np.arange(r), np.diff(t_indptr))
     topk = np.full((r, top_k), -1, dtype=np.int64)
     items_t = item_vecs.T.contiguous()
-    for s in range(0, r, chunk_size):
+    for s in chunk_starts(r, chunk_size, "evaluating", "request"):
         e = min(r, s + chunk_size)
         scores = (query_vecs[s:e].reshape(-1, d) @ items_t).reshape(e - s, v, -1).amax(dim=1)
         lo, hi = e_indptr[s], e_indptr[e]

@@ -13,6 +13,7 @@ from twotower.config import FeatureConfig, FeatureKind
 from twotower.errors import ArtifactError, DataError
 from twotower.features.encoders import (CategoricalEncoder, FeatureEncoder, Vocabulary,
                                         build_encoders, encoder_state)
+from twotower.progress import progress
 from twotower.run import FORMAT_VERSION, atomic_write_json
 from twotower.types import Side
 
@@ -72,7 +73,7 @@ class FeatureSet:
     def fit(self, chunks: Iterable[pa.Table], path: Path | str = "training data") -> "FeatureSet":
         """Fit every encoder on the training chunks (one streaming pass)."""
         seen_chunk = False
-        for chunk in chunks:
+        for chunk in progress(chunks, desc="fitting features", unit="chunk"):
             seen_chunk = True
             for name, enc in self.encoders.items():
                 enc.observe(chunk[self.configs[name].source])

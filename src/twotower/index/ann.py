@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from twotower.errors import ArtifactError, ConfigError, DataError
+from twotower.progress import chunk_starts
 from twotower.run import RunDir, atomic_write_dir, atomic_write_text, read_json_artifact
 
 INDEX_FORMAT_VERSION = 1
@@ -231,6 +232,19 @@ class VectorIndex:
         return int(_faiss().serialize_index(self.index).nbytes)
 
 
+ADD_CHUNK = 1 << 16
+
+
+def add_in_chunks(index, x: np.ndarray, labels: np.ndarray, desc: str) -> None:
+    """``index.add_with_ids`` in chunks of ``ADD_CHUNK`` rows (a progress bar on large adds); a
+    small add stays one call, so small indexes are built exactly as before."""
+    if len(x) <= ADD_CHUNK:
+        index.add_with_ids(x, labels)
+        return
+    for start in chunk_starts(len(x), ADD_CHUNK, desc, "item"):
+        index.add_with_ids(x[start:start + ADD_CHUNK], labels[start:start + ADD_CHUNK])
+
+
 def build_index(vectors: np.ndarray, ids: pa.Array | np.ndarray | list, kind: str = "flat",
                 params: dict | None = None, weights: np.ndarray | None = None,
                 normalize: bool = False, contract: dict | None = None,
@@ -255,7 +269,7 @@ def build_index(vectors: np.ndarray, ids: pa.Array | np.ndarray | list, kind: st
     x = fold_weights(vectors, weights, normalize)
     t0 = time.perf_counter()
     index = _new_faiss_index(kind, p, dim, x)
-    index.add_with_ids(x, np.arange(n, dtype=np.int64))
+    add_in_chunks(index, x, np.arange(n, dtype=np.int64), f"index build ({kind})")
     contract = contract or {}
     manifest = {
         "format_version": INDEX_FORMAT_VERSION,
@@ -368,7 +382,7 @@ def add_items(vi: VectorIndex, vectors: np.ndarray, ids: pa.Array | list,
         raise DataError(f"new item vectors have dim {x.shape[1]}, the index {base.manifest['dim']}")
     start = base.manifest["next_label"]
     labels = np.arange(start, start + len(x), dtype=np.int64)
-    base.index.add_with_ids(x, labels)
+    add_in_chunks(base.index, x, labels, "index add")
     try:
         base.ids = pa.concat_arrays([base.ids, ids.cast(base.ids.type)])
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):

