@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from twotower.errors import ArtifactError, DataError
+from twotower.serve.inspector import install_inspector
+from twotower.serve.metrics import configure_access_log, install_metrics
 from twotower.serve.retriever import Retriever
 
 Value = Union[int, float, str, list[Union[int, str]], None]
@@ -40,7 +42,7 @@ class ReloadRequest(BaseModel):
 
 def create_app(run_dir: str | Path | None = None, retriever: Retriever | None = None,
                max_k: int = 1000, max_batch: int = 1024, max_body_bytes: int = 1 << 20,
-               api_key: str | None = None) -> FastAPI:
+               api_key: str | None = None, inspector: bool = False) -> FastAPI:
     retriever = retriever or Retriever(run_dir)
     app = FastAPI(title="twotower retrieval", version="1")
     app.state.retriever = retriever
@@ -94,12 +96,17 @@ def create_app(run_dir: str | Path | None = None, retriever: Retriever | None = 
             raise HTTPException(409, f"reload refused, still serving {old}: {err}") from None
         return {"previous": old, "index_version": new}
 
+    # observability and the inspector live in their own modules (serve/metrics.py, inspector.py)
+    install_metrics(app, retriever)
+    if inspector:
+        install_inspector(app, retriever, api_key)
     return app
 
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          max_k: int = 1000, workers_threads: int | None = None) -> None:
+          max_k: int = 1000, workers_threads: int | None = None, inspector: bool = False) -> None:
     import uvicorn
 
-    app = create_app(run_dir, max_k=max_k, api_key=api_key)
+    configure_access_log()
+    app = create_app(run_dir, max_k=max_k, api_key=api_key, inspector=inspector)
     uvicorn.run(app, host=host, port=port, log_level="warning")
