@@ -76,7 +76,8 @@ def test_train_evaluate_export(tmp_path, tiny_config):
     run = tmp_path / "run"
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["lr"] == 0.01
     for name in ("config.yaml", "features.json", "model.safetensors", "model.json",
-                 "contract.json", "metrics.json", "report.json", "embeddings/items.parquet"):
+                 "contract.json", "metrics.json", "report.json", "embeddings/items.parquet",
+                 "report/index.html"):  # train draws the run's report at the end
         assert (run / name).is_file(), name
     assert "hr@5" in r.output
 
