@@ -215,6 +215,9 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
+    from plots import plot_results
+
+    plot_results("index", results, args.out)
 
 
 if __name__ == "__main__":

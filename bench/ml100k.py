@@ -197,12 +197,15 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from twotower.run import atomic_write_text
 
-    atomic_write_text(args.out, json.dumps({"protocol": "BENCHMARK.md §1", "epochs": args.epochs,
-                                    "batch_size": args.batch_size or None, "preset": args.preset,
-                                    "omp_wait_policy": child_env()["OMP_WAIT_POLICY"],
-                                    "model_overrides": json.loads(args.model),
-                                    "results": results}, indent=2))
+    res = {"protocol": "BENCHMARK.md §1", "epochs": args.epochs,
+           "batch_size": args.batch_size or None, "preset": args.preset,
+           "omp_wait_policy": child_env()["OMP_WAIT_POLICY"],
+           "model_overrides": json.loads(args.model), "results": results}
+    atomic_write_text(args.out, json.dumps(res, indent=2))
     print(f"wrote {args.out}")
+    from plots import plot_results
+
+    plot_results("ml100k", res, args.out)
 
 
 if __name__ == "__main__":

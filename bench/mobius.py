@@ -55,6 +55,9 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(res, indent=2, default=str))
+    from plots import plot_results
+
+    plot_results("mobius", res, out)
 
 
 if __name__ == "__main__":

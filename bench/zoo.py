@@ -203,6 +203,9 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
     print(f"wrote {out} ({res['seconds']:.0f} s)")
+    from plots import plot_results
+
+    plot_results("zoo", res, out)
 
 
 if __name__ == "__main__":

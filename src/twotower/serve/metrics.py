@@ -166,9 +166,9 @@ def configure_access_log(stream=None) -> None:
 
 
 # ---------------------------------------------------------------- reading a scrape back
-def histogram_quantile(text: str, name: str, q: float, labels: dict[str, str] | None = None) -> float:
-    """The ``q`` quantile of histogram ``name`` in a Prometheus text scrape, interpolated inside
-    its bucket as PromQL's ``histogram_quantile`` does (what a dashboard would show)."""
+def histogram_buckets(text: str, name: str, labels: dict[str, str] | None = None
+                      ) -> list[tuple[float, float]]:
+    """Cumulative ``(le, count)`` buckets of histogram ``name`` in a Prometheus text scrape."""
     from prometheus_client.parser import text_string_to_metric_families
 
     buckets: list[tuple[float, float]] = []
@@ -180,8 +180,20 @@ def histogram_quantile(text: str, name: str, q: float, labels: dict[str, str] | 
                 buckets.append((float(s.labels["le"]), s.value))
     if not buckets:
         raise KeyError(f"no histogram {name!r} with labels {labels} in the scrape")
-    buckets.sort()
-    total = buckets[-1][1]
+    return sorted(buckets)
+
+
+def bucket_delta(after: list[tuple[float, float]], before: list[tuple[float, float]]
+                 ) -> list[tuple[float, float]]:
+    """The observations between two scrapes of one histogram (same buckets)."""
+    prior = dict(before)
+    return [(le, count - prior.get(le, 0.0)) for le, count in after]
+
+
+def quantile_from_buckets(buckets: list[tuple[float, float]], q: float) -> float:
+    """The ``q`` quantile of cumulative buckets, interpolated inside its bucket as PromQL's
+    ``histogram_quantile`` does (what a dashboard would show)."""
+    total = buckets[-1][1] if buckets else 0.0
     if total == 0:
         return float("nan")
     rank = q * total
@@ -193,6 +205,11 @@ def histogram_quantile(text: str, name: str, q: float, labels: dict[str, str] | 
             return lo_edge + (edge - lo_edge) * (rank - lo_count) / max(count - lo_count, 1e-12)
         lo_edge, lo_count = edge, count
     return buckets[-1][0]
+
+
+def histogram_quantile(text: str, name: str, q: float, labels: dict[str, str] | None = None) -> float:
+    """The ``q`` quantile of histogram ``name`` in a scrape (see :func:`quantile_from_buckets`)."""
+    return quantile_from_buckets(histogram_buckets(text, name, labels), q)
 
 
 def bucket_width_at(value: float, buckets=LATENCY_BUCKETS) -> float:
