@@ -5,6 +5,9 @@ ads plus synthetic unit vectors, so the index has the asked size and the run's c
 ``twotower serve`` on 127.0.0.1, and runs ``--clients`` concurrent clients for ``--seconds`` each
 phase. Phase 2 saves a new index version mid-load and calls POST /admin/reload. Reports p50 / p99
 latency, throughput and errors (must be 0). Traffic goes only to loopback.
+After each phase it scrapes ``GET /metrics``: the request counter must have moved by the phase's
+requests, and the service's latency histogram (the phase's bucket deltas, quantiles interpolated as
+PromQL does) must give the client-measured p50 / p99 within the width of the bucket holding them.
 Usage: python bench/serve_load.py [--items 1000000] [--clients 16] [--seconds 30]
 """
 from __future__ import annotations
@@ -95,6 +98,56 @@ def load(url: str, queries: list[dict], clients: int, seconds: float,
             "p99_ms": float(np.percentile(a, 99)), "rps": len(a) / seconds, "swap": swap}
 
 
+def scrape_phase(before: str, after: str, phase: dict) -> dict:
+    """What /metrics says about one load phase, beside what the clients measured."""
+    from twotower.serve.metrics import (bucket_delta, bucket_width_at, histogram_buckets,
+                                        quantile_from_buckets)
+
+    def count(text: str, status: str) -> float:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        for fam in text_string_to_metric_families(text):
+            for smp in fam.samples:
+                if smp.name == "twotower_requests_total" and smp.labels == {
+                        "route": "/retrieve", "method": "POST", "status": status}:
+                    return smp.value
+        return 0.0
+
+    name, labels = "twotower_request_latency_seconds", {"route": "/retrieve"}
+    try:
+        prior = histogram_buckets(before, name, labels)
+    except KeyError:  # no /retrieve request before this phase: the series starts at zero
+        prior = []
+    delta = bucket_delta(histogram_buckets(after, name, labels), prior)
+    out = {"requests_200_delta": count(after, "200") - count(before, "200"),
+           "client_requests": phase["requests"] - phase["errors"]}
+    for q, key in ((0.5, "p50"), (0.99, "p99")):
+        hist_ms = quantile_from_buckets(delta, q) * 1000
+        width_ms = bucket_width_at(phase[f"{key}_ms"] / 1000) * 1000
+        out[f"{key}_ms"] = hist_ms
+        out[f"{key}_bucket_width_ms"] = width_ms
+        out[f"{key}_within_bucket"] = abs(hist_ms - phase[f"{key}_ms"]) <= width_ms
+    return out
+
+
+def excerpt(text: str) -> str:
+    """The scrape's twotower_* lines, with only the /retrieve latency buckets around the bulk."""
+    keep = []
+    for line in text.splitlines():
+        if not line.startswith("twotower_"):
+            continue
+        if "_bucket{" in line and "twotower_request_latency" in line:
+            if 'route="/retrieve"' not in line or not any(f'le="{b}"' in line for b in
+                                                           ("0.1", "0.14", "0.16", "0.2", "0.25", "0.3", "+Inf")):
+                continue
+        if "_bucket{" in line and "batch_size" in line and 'le="1.0"' not in line and 'le="+Inf"' not in line:
+            continue
+        if "_created" in line:
+            continue
+        keep.append(line)
+    return "\n".join(keep)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=1_000_000)
@@ -120,7 +173,9 @@ def main() -> None:
                     time.sleep(0.5)
             else:
                 raise SystemExit("service did not start")
+            scrape0 = httpx.get(url + "/metrics").text
             steady = load(url, queries, args.clients, args.seconds)
+            scrape1 = httpx.get(url + "/metrics").text
 
             def swap() -> dict:
                 from twotower.index.ann import load_index, save_index
@@ -133,20 +188,35 @@ def main() -> None:
                         "reload_s": time.perf_counter() - t0}
 
             swapping = load(url, queries, args.clients, args.seconds, during=swap)
+            scrape2 = httpx.get(url + "/metrics").text
             version = httpx.get(url + "/health").json().get("index_version")
         finally:
             proc.terminate()
             proc.wait(30)
+    scraped = {"steady": scrape_phase(scrape0, scrape1, steady),
+               "hot_swap": scrape_phase(scrape1, scrape2, swapping), "excerpt": excerpt(scrape2)}
     res = {"items": args.items, "clients": args.clients, "seconds": args.seconds,
-           "steady": steady, "hot_swap": swapping, "version_after": version}
+           "steady": steady, "hot_swap": swapping, "version_after": version,
+           "metrics_scrape": scraped}
     print(f"service on loopback, {args.items:,}-item ivf-flat index, {args.clients} clients, "
           f"{args.seconds:.0f} s per phase")
     for name, r in (("steady", steady), ("hot swap", swapping)):
         print(f"  {name:<9} {r['requests']:>7} requests  {r['rps']:>7.0f} req/s  "
               f"p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  errors {r['errors']}")
     print(f"  swap: {swapping['swap']}, serving {version} after")
+    for name in ("steady", "hot_swap"):
+        m = scraped[name]
+        print(f"  /metrics {name:<9} +{m['requests_200_delta']:.0f} requests (clients: "
+              f"{m['client_requests']}), histogram p50 {m['p50_ms']:.1f} ms (bucket "
+              f"{m['p50_bucket_width_ms']:.0f} ms, within: {m['p50_within_bucket']}), p99 "
+              f"{m['p99_ms']:.1f} ms (bucket {m['p99_bucket_width_ms']:.0f} ms, within: "
+              f"{m['p99_within_bucket']})")
+    print(scraped["excerpt"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2))
+    from plots import plot_results
+
+    plot_results("serve_load", res, args.out)
 
 
 if __name__ == "__main__":

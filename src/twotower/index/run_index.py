@@ -84,6 +84,7 @@ def encode_items(run_dir: str | Path, table: pa.Table, where: str = "items") -> 
 
     from twotower.features.feature_set import FeatureSet
     from twotower.pipeline import load_model
+    from twotower.progress import chunk_starts
     from twotower.types import Side
 
     run = RunDir(run_dir)
@@ -93,7 +94,7 @@ def encode_items(run_dir: str | Path, table: pa.Table, where: str = "items") -> 
     enc = features.encode(table, Side.ITEM, count=False)
     out = []
     with torch.no_grad():
-        for s in range(0, table.num_rows, 4096):
+        for s in chunk_starts(table.num_rows, 4096, "encoding new items", "item"):
             feats = {k: torch.from_numpy(np.ascontiguousarray(v[s:s + 4096])) for k, v in enc.items()}
             out.append(model.retrieval_item(model.encode_item(feats)).float().numpy())
     return np.concatenate(out)
