@@ -236,7 +236,8 @@ def serve(run_dir: Path,
           max_k: int = typer.Option(1000, help="largest k a request may ask for"),
           inspector: bool = typer.Option(False, help="serve the retrieval inspector page at "
                                          "/inspector (behind the API key when one is set)")):
-    """Serve top-K retrieval over HTTP (FastAPI): /retrieve, /health, /metadata, /admin/reload."""
+    """Serve top-K retrieval over HTTP (FastAPI): /retrieve, /health, /metadata, /metrics,
+    /admin/reload (and /inspector with --inspector)."""
     def go():
         from twotower.serve.app import serve as run_server
 
