@@ -74,7 +74,7 @@ def plot_mobius(res: dict, out_json: Path) -> list[Path]:
 
 def plot_serve_load(res: dict, out_json: Path) -> list[Path]:
     phases = {"steady": res["steady"], "hot swap": res["hot_swap"]}
-    title = (f"Service on loopback: {res['items']:,}-item index, {res['clients']} clients "
+    title = (f"Service on loopback: {res['items']:,}-item index, {res['clients']} clients\n"
              "(" + ", ".join(f"{n} {p['rps']:.0f} req/s" for n, p in phases.items()) + ")")
     series = {"client p50 (ms)": [p["p50_ms"] for p in phases.values()],
               "client p99 (ms)": [p["p99_ms"] for p in phases.values()]}
