@@ -1,4 +1,5 @@
-"""Model zoo II on MovieLens 100K: YouTubeDNN, MIND, ComiRec-SA/-DR, SDM, PDN against DSSM.
+"""Sequence model zoo on MovieLens 100K: YouTubeDNN, MIND, ComiRec-SA/-DR, SDM, PDN, Octopus, SINE,
+AttRec, SASRec against DSSM.
 
 BENCHMARK.md §1 protocol (leave-one-out, full ranking, training (+ validation) items removed,
 pessimistic ties): HR@10/50, NDCG@10/50 on test, plus diversity = mean number of distinct genres
@@ -45,6 +46,10 @@ MODELS: dict[str, tuple[dict, list | None]] = {
     "comirec_dr": ({"name": "comirec_dr", "num_interests": 4}, None),
     "sdm": ({"name": "sdm", "history": "session", "long_history": "long_history"}, SDM_FEATURES),
     "pdn": ({"name": "pdn"}, None),
+    "octopus": ({"name": "octopus", "num_interests": 8}, None),
+    "sine": ({"name": "sine", "num_interests": 4, "concepts": 64}, None),
+    "attrec": ({"name": "attrec"}, None),
+    "sasrec": ({"name": "sasrec", "blocks": 2, "heads": 2}, None),
 }
 LAMBDAS = [0.0, 0.005, 0.02]
 
@@ -71,7 +76,7 @@ def diversity(top: np.ndarray, genres: np.ndarray) -> float:
     return float(hot.any(1).sum(1).mean())
 
 
-def evaluate(run_dir: Path, items_path: Path, ks=(10, 50)) -> dict:
+def evaluate(run_dir: Path, items_path: Path, ks=(10, 50), split: str = "test") -> dict:
     import torch
 
     from twotower.eval.metrics import ranking_metrics  # noqa: F401  (same metric code as training)
@@ -86,7 +91,7 @@ def evaluate(run_dir: Path, items_path: Path, ks=(10, 50)) -> dict:
     data = RunData(cfg, FeatureSet.load(run.features))
     model = load_model(run)
     corpus = data.corpus()
-    req = data.requests("test", corpus)
+    req = data.requests(split, corpus)
     items = encode_corpus(model, corpus)
     q = encode_queries(model, req.query)
     ranks, _, top = rank_targets(q, items, req.targets, req.exclude, top_k=200)
@@ -151,6 +156,8 @@ def main() -> None:
             cfg = validate_config(raw, "zoo_sequence config")
         s = train_run(cfg, overwrite=True, quiet=True)
         r = evaluate(s.run_dir, paths["items"])
+        valid = evaluate(s.run_dir, paths["items"], split="valid")
+        r["valid_hr@10"], r["valid_hr@50"] = valid["hr@10"], valid["hr@50"]
         from twotower.pipeline import load_model
         from twotower.run import RunDir
 
@@ -161,24 +168,53 @@ def main() -> None:
         res["models"][name] = r
         print(f"{name}: {json.dumps(r)}", flush=True)
     res["seconds"] = time.perf_counter() - t0
-    cols = ["hr@10", "hr@50", "ndcg@10", "ndcg@50", "diversity@50", "params", "examples_per_s"]
+    base = res["models"]["dssm"]["examples_per_s"]
+    for r in res["models"].values():
+        r["slowdown_vs_dssm"] = base / r["examples_per_s"]  # DSSM's examples/s over the model's
+    cols = ["valid_hr@50", "hr@10", "hr@50", "ndcg@10", "ndcg@50", "diversity@50", "params",
+            "examples_per_s", "slowdown_vs_dssm"]
     lines = ["| model | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
     for n, r in res["models"].items():
-        cells = [f"{r[c]:.0f}" if c in ("params", "examples_per_s") else f"{r[c]:.3f}" for c in cols]
+        cells = [f"{r[c]:.0f}" if c in ("params", "examples_per_s") else
+                 f"{r[c]:.1f}x" if c == "slowdown_vs_dssm" else f"{r[c]:.3f}" for c in cols]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     for n, r in res["models"].items():
         for lam, a in r.get("controllable", {}).items():
-            lines.append(f"| {n} + aggregation λ={lam} | - | {a['hr@50']:.3f} | - | - | "
-                         f"{a['diversity@50']:.3f} | - | - |")
+            lines.append(f"| {n} + aggregation λ={lam} | - | - | {a['hr@50']:.3f} | - | - | "
+                         f"{a['diversity@50']:.3f} | - | - | - |")
     res["table"] = "\n".join(lines)
     print(res["table"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
+    plot(res, out.with_suffix(".png"))
     print(f"wrote {out} ({res['seconds']:.0f} s)")
     from plots import plot_results
 
     plot_results("zoo_sequence", res, out)
+
+
+def plot(res: dict, path: Path) -> None:
+    """HR@50 against training examples/s (log scale), one point per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for n, r in res["models"].items():
+        ax.scatter(r["examples_per_s"], r["hr@50"])
+        ax.annotate(n, (r["examples_per_s"], r["hr@50"]), fontsize=8)
+    base = res["models"]["dssm"]["examples_per_s"]
+    ax.axvline(base / 5, ls="--", c="grey", lw=0.8, label="DSSM / 5")
+    ax.set_xscale("log")
+    ax.set_xlabel("training examples/s")
+    ax.set_ylabel("test HR@50")
+    ax.set_title(f"MovieLens 100K, {res['steps']} batches of {res['batch_size']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

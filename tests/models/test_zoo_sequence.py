@@ -182,3 +182,42 @@ def test_sessions_cut_by_time_gap():
     assert long.to_pylist() == [[], [], [], [10, 11], [10, 11], [], []]
     log = leave_one_out(pa.table({"user_id": user, "item_id": item, "timestamp": ts}))
     assert log["history_ts"].to_pylist()[2] == [0, 10]
+
+
+@pytest.mark.parametrize("power,hard", [(2.0, False), (0.0, False), (1e4, False), (2.0, True)])
+def test_batched_label_aware_logits_equal_the_plain_form(power, hard):
+    from twotower.towers.sequence import label_aware_logits, label_aware_logits_reference
+
+    torch.manual_seed(7)
+    valid = torch.rand(6, 4) > 0.4
+    valid[0] = False  # no valid interest: scored with the first
+    grads = []
+    outs = []
+    for fn in (label_aware_logits, label_aware_logits_reference):
+        q = torch.randn(6, 4, E, requires_grad=True)
+        i = torch.randn(9, E, requires_grad=True)
+        with torch.no_grad():
+            q.copy_(torch.randn(6, 4, E, generator=torch.Generator().manual_seed(1)))
+            i.copy_(torch.randn(9, E, generator=torch.Generator().manual_seed(2)))
+        out = fn(q, i, power, hard, valid)
+        (out * torch.arange(9.0)).sum().backward()
+        outs.append(out.detach())
+        grads.append((q.grad, i.grad))
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-4, rtol=1e-4)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+
+
+def test_chunked_path_logsumexp_equals_the_plain_form():
+    from twotower.towers.paths import path_logsumexp, path_logsumexp_reference
+
+    res = []
+    for fn in (lambda q, i: path_logsumexp(q, i, chunk=3), path_logsumexp_reference):
+        g = torch.Generator().manual_seed(8)
+        q = torch.randn(7, 5, E, generator=g).requires_grad_(True)
+        i = torch.randn(11, E, generator=g).requires_grad_(True)
+        out = fn(q, i)
+        (out * torch.linspace(-1, 1, 11)).sum().backward()
+        res.append((out.detach(), q.grad, i.grad))
+    for a, b in zip(*res):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

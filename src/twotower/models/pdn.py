@@ -27,6 +27,7 @@ from twotower.models.base import TwoTowerModel, register
 from twotower.models.youtubednn import SequenceModelConfig, UserSideMixin
 from twotower.towers.embedding import FeatureSchema
 from twotower.towers.mlp import MLP, l2_normalize
+from twotower.towers.paths import path_logsumexp
 from twotower.towers.sequence import embed_sequence
 from twotower.types import Features, Similarity
 
@@ -80,7 +81,7 @@ class PDN(UserSideMixin, TwoTowerModel):
 
     # ---- scores
     def logits(self, q: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        return torch.logsumexp(torch.einsum("bld,nd->bnl", q, i[:, 0]), -1)  # [B, N]
+        return path_logsumexp(q, i[:, 0])  # [B, N]: log-sum-exp over the triggers, chunked
 
     def pair_logits(self, q: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         return torch.logsumexp(torch.einsum("bld,bd->bl", q, i[:, 0]), -1)

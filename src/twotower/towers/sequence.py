@@ -100,7 +100,28 @@ def label_aware_weights(scores: torch.Tensor, valid: torch.Tensor, power: float,
 def label_aware_logits(interests: torch.Tensor, items: torch.Tensor, power: float,
                        hard: bool = False, valid: torch.Tensor | None = None) -> torch.Tensor:
     """<label_aware_attention(...), e_n> for every (b, n) -> [B, N], without the [B, N, D] tensor:
-    sum_k w_bnk <v_bk, e_n>."""
+    sum_k w_bnk <v_bk, e_n>.
+
+    Batched as one [B*K, D] x [D, N] product laid out [B, K, N] (the reduction over K runs along
+    contiguous rows); the hard case (p -> inf) is the best valid interest's score (``amax``, whose
+    gradient reaches that interest only, as the one-hot weights do) — no [B, N, K] one-hot, no
+    permuted copy. Same values and gradients as ``label_aware_logits_reference``."""
+    b, k, d = interests.shape
+    s = (interests.reshape(b * k, d) @ items.T).view(b, k, -1)  # [B, K, N]
+    if valid is None:
+        if hard or math.isinf(power):
+            return s.amax(1)
+        return (torch.softmax(power * s, 1) * s).sum(1)
+    if hard or math.isinf(power):
+        # a row without any valid interest scores with its first one (as argmax over all-NEG does)
+        valid = valid | ((torch.arange(k, device=valid.device) == 0) & ~valid.any(1, keepdim=True))
+        return s.masked_fill(~valid.unsqueeze(-1), NEG).amax(1)
+    return (masked_softmax(power * s, valid.unsqueeze(-1), dim=1) * s).sum(1)  # none valid: 0
+
+
+def label_aware_logits_reference(interests: torch.Tensor, items: torch.Tensor, power: float,
+                                 hard: bool = False, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """The plain form of ``label_aware_logits``: [B, N, K] scores, weights, weighted sum."""
     s = torch.einsum("bkd,nd->bnk", interests, items)
     if valid is None:
         valid = torch.ones(interests.shape[:2], dtype=torch.bool, device=interests.device)
