@@ -52,6 +52,7 @@ class ModelSpec:
     ml_features: object = None  # callable(list[dict]) -> list[dict]
     sim_features: object = None
     note: str = ""
+    sim_only: bool = False  # needs query text (MGDSPR): MovieLens has none
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -63,6 +64,14 @@ MODELS: dict[str, ModelSpec] = {
     "dat": ModelSpec({"name": "dat"}, simulator={"category_field": "ad_category"},
                      note="sim: + category alignment"),
     "parallel": ModelSpec({"name": "parallel"}, note="MLP+DCN+FM+CIN, LR fusion"),
+    # MGDSPR and its relevance control (the model's own tau on top of the objective's
+    # temperature; mixed hard negatives): relevance@50 vs CPM@50 as tau / noise grow
+    "mgdspr": ModelSpec({"name": "mgdspr"}, sim_only=True, note="tau 1"),
+    "mgdspr_tau4": ModelSpec({"name": "mgdspr", "relevance_temperature": 4.0}, sim_only=True,
+                             note="relevance control: tau 4"),
+    "mgdspr_tau4_noise": ModelSpec({"name": "mgdspr", "relevance_temperature": 4.0,
+                                    "hard_negatives": 8}, sim_only=True,
+                                   note="relevance control: tau 4 + 8 mixed hard negatives"),
 }
 
 
@@ -183,7 +192,7 @@ def main() -> None:
         ml_dir = work / "ml_data"
         if not (ml_dir / "interactions.parquet").is_file():
             prepare_movielens(args.data, ml_dir)
-        for n in names:
+        for n in (n for n in names if not MODELS[n].sim_only):
             res["models"][n]["ml"] = run_movielens(n, MODELS[n], ml_dir, work, args.ml_epochs)
             print(f"[ml] {n}: {json.dumps(res['models'][n]['ml'])}", flush=True)
     if "sim" not in args.skip:

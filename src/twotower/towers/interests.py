@@ -86,7 +86,7 @@ class SparseInterests(nn.Module):
         self.k, self.tau = active, aggregation_temperature
         self.pool = nn.Parameter(torch.randn(pool_size, dim) / math.sqrt(dim))
         self.position = nn.Parameter(torch.randn(max_len, dim) * 0.02)
-        hidden = 4 * dim
+        hidden = dim  # W1 in R^{D x D}, as the paper's self-attentive summaries
         self.summary = _AdditiveAttention(dim, 1, hidden)
         self.assign = nn.Linear(dim, dim, bias=False)
         self.norm_x, self.norm_c, self.norm_out, self.norm_apt = (nn.LayerNorm(dim) for _ in range(4))

@@ -115,7 +115,8 @@ def label_aware_logits(interests: torch.Tensor, items: torch.Tensor, power: floa
     if hard or math.isinf(power):
         # a row without any valid interest scores with its first one (as argmax over all-NEG does)
         valid = valid | ((torch.arange(k, device=valid.device) == 0) & ~valid.any(1, keepdim=True))
-        return s.masked_fill(~valid.unsqueeze(-1), NEG).amax(1)
+        # in place: the product's output is not needed by its backward
+        return s.masked_fill_(~valid.unsqueeze(-1), NEG).amax(1)
     return (masked_softmax(power * s, valid.unsqueeze(-1), dim=1) * s).sum(1)  # none valid: 0
 
 
