@@ -230,3 +230,21 @@ def test_mgdspr_mixed_hard_negatives_sit_between_positive_and_hard_negative():
     assert loss > 0 and "mixed_negative_loss" in logs
     loss.backward()
     assert model.embedding.tables["item_id"].weight.grad.abs().sum() > 0
+
+
+def test_causal_encoder_last_position_equals_the_full_causal_pass():
+    """The last block computes only the last valid position: same state as running every
+    position through every block and reading the last valid one."""
+    from twotower.towers.attention import CausalEncoder
+
+    torch.manual_seed(9)
+    enc = CausalEncoder(E, max_len=6, blocks=2, heads=2).eval()
+    x = torch.randn(3, 6, E)
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2, [True] + [False] * 5])
+    with torch.no_grad():
+        out = enc(x, mask)
+        h = x + enc.position.weight[:6]
+        for block in enc.blocks:
+            h = block(h, enc.causal[:6, :6])
+        full = enc.norm(h)[torch.arange(3), mask.sum(1) - 1]
+    torch.testing.assert_close(out, full, atol=1e-5, rtol=1e-5)
