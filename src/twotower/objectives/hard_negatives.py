@@ -1,0 +1,139 @@
+"""Hard negatives as in Facebook's embedding-based retrieval: mined offline in a rank window, and
+online from the batch, mixed with easy (in-batch) negatives with each kind's own log-Q.
+
+Huang et al., "Embedding-based Retrieval in Facebook Search" (KDD 2020).
+
+* ``mine_hard_negatives``: for every query, the items a previous model ranks in a window
+  (the paper: ranks 101-500 — close enough to be hard, far enough not to be unlabelled
+  positives), never one of the query's positives and, optionally, at least ``margin`` below its best
+  positive's score (a further guard against false negatives). The search runs over query and
+  item chunks, so memory is bounded by ``query_chunk x (item_chunk + window)`` scores whatever
+  the corpus size — a naive queries x items similarity matrix of 100k x 100k floats is 40 GB.
+* ``hardest_in_batch``: online hard negatives — the highest-scoring other items of the batch.
+* ``hard_negative_softmax``: the softmax of each positive against easy in-batch negatives and its
+  hard negatives. Each kind is corrected by the log of its own expected count per row: the
+  in-batch candidates by the streaming frequency estimator, a mined negative by
+  ``log(draws / window_size)`` (uniform draws from the row's window).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from twotower.errors import ConfigError
+from twotower.objectives.losses import softmax_cross_entropy
+
+
+@torch.no_grad()
+def mine_hard_negatives(query: torch.Tensor, items: torch.Tensor, positives: torch.Tensor,
+                        window: tuple[int, int] = (101, 500), draws: int = 1, margin: float | None = None,
+                        generator: torch.Generator | None = None, query_chunk: int = 1024,
+                        item_chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard negatives of each query from ANN-like ranks of a previous model.
+
+    query[R, D], items[N, D] (the previous model's vectors, scored by inner product);
+    positives[R, P]: item rows that are query r's positives, padded with -1 (several allowed);
+    window = (first, last) 1-based ranks, inclusive. Returns ``(rows[R, draws], valid[R, draws])``:
+    item rows drawn uniformly (with replacement) from the query's window after removing its
+    positives and, when ``margin`` is set, every item scoring above ``best positive score -
+    margin`` (a likely unlabelled positive); ``valid`` is False
+    where a query's window was empty (then ``rows`` is 0 there and must be ignored).
+    """
+    first, last = window
+    if not 1 <= first <= last:
+        raise ConfigError(f"hard negatives: window must be 1 <= first <= last, got {window}")
+    if draws < 1:
+        raise ConfigError(f"hard negatives: draws must be >= 1, got {draws}")
+    r_total, n = query.shape[0], items.shape[0]
+    depth = min(last, n)
+    rows = torch.zeros(r_total, draws, dtype=torch.long)
+    valid = torch.zeros(r_total, draws, dtype=torch.bool)
+    if depth < first:  # the corpus is smaller than the window's first rank: nothing to mine
+        return rows, valid
+    for start in range(0, r_total, query_chunk):
+        q = query[start:start + query_chunk].float()  # [C, D]
+        top_s, top_i = _top_chunked(q, items, depth, item_chunk)  # [C, depth]
+        c = q.shape[0]
+        cand_s, cand_i = top_s[:, first - 1:], top_i[:, first - 1:]  # the window, [C, W]
+        pos = positives[start:start + c]  # [C, P], -1 = padding
+        has = pos >= 0
+        keep = ~((cand_i[:, :, None] == pos[:, None, :]) & has[:, None, :]).any(-1)  # [C, W]
+        pos_s = torch.einsum("cd,cpd->cp", q, items[pos.clamp_min(0)].float())
+        best = pos_s.masked_fill(~has, -math.inf).max(1).values  # [C]; -inf: no positive
+        if margin is not None:  # as sentence-transformers' absolute margin: keep clear of the positive
+            keep &= (cand_s < (best - margin)[:, None]) | ~has.any(1)[:, None]
+        counts = keep.sum(1)  # [C]
+        ok = counts > 0
+        # draw uniformly among each row's kept candidates: rank of a uniform pick among the kept
+        u = torch.rand(c, draws, generator=generator)
+        pick = (u * counts.clamp_min(1)[:, None]).long()  # [C, draws] in [0, count)
+        kept_pos = torch.cumsum(keep, 1) - 1  # index among kept of each kept column
+        col = torch.where(keep, kept_pos, torch.full_like(kept_pos, -1))
+        for d in range(draws):
+            hit = col == pick[:, d:d + 1]  # exactly one True per row with count > 0
+            where = hit.float().argmax(1)
+            rows[start:start + c, d] = torch.where(ok, cand_i.gather(1, where[:, None])[:, 0], 0)
+            valid[start:start + c, d] = ok
+    return rows, valid
+
+
+def _top_chunked(q: torch.Tensor, items: torch.Tensor, k: int, item_chunk: int):
+    """Top-k inner products of ``q[C, D]`` over ``items[N, D]``, scanning ``item_chunk`` rows at a
+    time and merging, so at most ``C x (item_chunk + k)`` scores exist at once."""
+    best_s = q.new_full((q.shape[0], 0), -math.inf)
+    best_i = torch.zeros(q.shape[0], 0, dtype=torch.long)
+    for start in range(0, items.shape[0], item_chunk):
+        s = q @ items[start:start + item_chunk].float().T  # [C, chunk]
+        idx = torch.arange(start, start + s.shape[1]).expand(q.shape[0], -1)
+        both_s = torch.cat([best_s, s], 1)
+        both_i = torch.cat([best_i, idx], 1)
+        top = both_s.topk(min(k, both_s.shape[1]), dim=1)
+        best_s, best_i = top.values, both_i.gather(1, top.indices)
+    return best_s, best_i
+
+
+def hardest_in_batch(logits: torch.Tensor, item_ids: torch.Tensor, count: int) -> torch.Tensor:
+    """Online hard negatives: for each row of ``logits[B, B]`` (diagonal = positives), the columns
+    of the ``count`` highest-scoring other items, never the row's own item (accidental hits
+    excluded). Returns ``LongTensor[B, count]`` column indices."""
+    if count < 1 or count >= logits.shape[1]:
+        raise ConfigError(f"online hard negatives: count must be in [1, batch-1], got {count}")
+    same = item_ids[:, None] == item_ids[None, :]
+    scores = logits.detach().masked_fill(same, -math.inf)
+    return scores.topk(count, dim=1).indices
+
+
+def hard_negative_softmax(pos_logits: torch.Tensor, easy_logits: torch.Tensor, easy_ids: torch.Tensor,
+                          easy_log_q: torch.Tensor | None, hard_logits: torch.Tensor,
+                          hard_log_q: torch.Tensor | float, hard_valid: torch.Tensor | None = None,
+                          positive_ids: torch.Tensor | None = None,
+                          weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax of each positive against easy and hard negatives, each kind log-Q corrected.
+
+    pos_logits[B]; easy_logits[B, N] against the easy candidates ``easy_ids[N]`` with
+    ``easy_log_q[N]`` (None: uncorrected) — the in-batch items, whose column i is row i's
+    positive (masked here, the positive enters once through ``pos_logits``); hard_logits[B, H]
+    with ``hard_log_q`` ([B, H] or a scalar: the log expected count of each hard candidate in a
+    row, e.g. ``log(draws / window)``), ``hard_valid[B, H]`` (False: no hard negative there).
+    The positive is corrected by its in-batch log q, as in the plain in-batch softmax. Rows'
+    accidental hits (an easy candidate equal to the row's positive) are removed.
+    """
+    b = pos_logits.shape[0]
+    rows = torch.arange(b, device=pos_logits.device)
+    if positive_ids is None:
+        positive_ids = easy_ids[:b]
+    easy = easy_logits if easy_log_q is None else easy_logits - easy_log_q.to(easy_logits.dtype)[None, :]
+    pos = pos_logits if easy_log_q is None else pos_logits - easy_log_q[:b].to(pos_logits.dtype)
+    floor = torch.finfo(easy.dtype).min / 2
+    easy = easy.masked_fill(positive_ids[:, None] == easy_ids[None, :], floor)
+    hard = hard_logits - (hard_log_q if isinstance(hard_log_q, float) else hard_log_q.to(hard_logits.dtype))
+    if hard_valid is not None:
+        hard = hard.masked_fill(~hard_valid, floor)
+    logits = torch.cat([pos[:, None], easy, hard], dim=1)  # [B, 1 + N + H]
+    return softmax_cross_entropy(logits, torch.zeros_like(rows), weight)
+
+
+def mined_log_q(draws: int, window_size: int) -> float:
+    """Log expected count of one mined candidate per row: ``draws`` uniform picks from a window."""
+    return math.log(draws / max(1, window_size))
