@@ -59,3 +59,32 @@ def ranking_metrics(ranks: np.ndarray, request: np.ndarray, n_requests: int, ks:
     out["mrr"] = mrr(ranks, request, n_requests)
     out["requests"] = n_requests
     return out
+
+
+def head_tail_items(train_counts: np.ndarray, head_share: float = 0.2) -> np.ndarray:
+    """bool[N]: True for tail items — the bottom ``1 - head_share`` of the corpus by training
+    frequency (BENCHMARK.md: tail = the bottom 80%); ties at the boundary go to the head, and
+    ordering is by count then item position, so the split is deterministic."""
+    n = len(train_counts)
+    order = np.lexsort((np.arange(n), train_counts))  # ascending count
+    tail = np.zeros(n, dtype=bool)
+    tail[order[: n - int(round(head_share * n))]] = True
+    return tail
+
+
+def head_tail_metrics(ranks: np.ndarray, request: np.ndarray, target_items: np.ndarray,
+                      is_tail: np.ndarray, ks: list[int]) -> dict[str, float]:
+    """HR@k and recall@k over the targets that are head items and those that are tail items,
+    each averaged over the requests that have such a target (``head_hr@k``, ``tail_hr@k``, ...),
+    so a model's gain on rare items is not hidden by the head's share of the traffic."""
+    out: dict[str, float] = {}
+    for part, mask in (("head", ~is_tail[target_items]), ("tail", is_tail[target_items])):
+        if not mask.any():
+            continue
+        _, req = np.unique(request[mask], return_inverse=True)
+        n = int(req.max()) + 1
+        for k in ks:
+            out[f"{part}_hr@{k}"] = hit_rate_at_k(ranks[mask], req, n, k)
+            out[f"{part}_recall@{k}"] = recall_at_k(ranks[mask], req, n, k)
+        out[f"{part}_requests"] = n
+    return out
