@@ -13,7 +13,7 @@ from twotower.data.simulator import FILES, SimulatorConfig, SimulatorTruth, load
 from twotower.errors import ConfigError, DataError
 
 SMALL = dict(n_users=300, n_queries=400, n_ads=1500, n_advertisers=60, n_impressions=20_000,
-             candidates_per_search=20)
+             candidates_per_search=20, funnel_log=True)
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +42,18 @@ def test_schemas(sim, log):
                         ("user_id", pa.int64()), ("query_id", pa.int64()),
                         ("query_text", pa.string()), ("ad_id", pa.int64()), ("ad_title", pa.string()),
                         ("ad_category", pa.string()), ("advertiser_id", pa.int64()),
-                        ("bid", pa.float64()), ("position", pa.int32()), ("click", pa.int8())],
+                        ("bid", pa.float64()), ("position", pa.int32()), ("click", pa.int8()),
+                        ("dwell", pa.float64()), ("conversion", pa.int8()),
+                        ("page_length", pa.float64())],
         "ads": [("ad_id", pa.int64()), ("ad_title", pa.string()), ("ad_category", pa.string()),
                 ("advertiser_id", pa.int64()), ("bid", pa.float64())],
         "queries": [("query_id", pa.int64()), ("query_text", pa.string()), ("topic", pa.string())],
         "users": [("user_id", pa.int64()), ("user_segment", pa.string())],
+        "funnel": [("search_id", pa.int64()), ("timestamp", pa.int64()), ("split", pa.string()),
+                   ("user_id", pa.int64()), ("query_id", pa.int64()), ("ad_id", pa.int64()),
+                   ("bid", pa.float64()), ("ranker_score", pa.float64()), ("ranker_rank", pa.int32()),
+                   ("shown", pa.bool_()), ("position", pa.int32()), ("click", pa.int8()),
+                   ("dwell", pa.float64()), ("conversion", pa.int8())],
     }
     for key, cols in expected.items():
         table = pq.read_table(sim.out_dir / FILES[key])
@@ -168,3 +175,40 @@ def test_small_run_is_fast(tmp_path):
     start = time.perf_counter()
     simulate(SimulatorConfig(n_impressions=100_000), tmp_path)
     assert time.perf_counter() - start < 10.0
+
+
+def test_funnel_log_ranks_every_candidate_and_shows_the_top_slots(sim, log):
+    funnel = pq.read_table(sim.funnel_path).to_pandas()
+    per_search = funnel.groupby("search_id")
+    assert (per_search.size() == 20).all() and funnel["search_id"].nunique() == sim.n_searches
+    ranks = per_search["ranker_rank"].apply(lambda r: sorted(r.tolist()))
+    assert all(r == list(range(1, 21)) for r in ranks)
+    # the shown rows are exactly the impression log, and they are the ranker's top slots
+    shown = funnel[funnel.shown]
+    assert len(shown) == log.num_rows
+    imp = log.to_pandas()
+    merged = shown.merge(imp, on=["search_id", "ad_id"], suffixes=("", "_imp"))
+    assert len(merged) == log.num_rows
+    assert (merged.position == merged.position_imp).all() and (merged.click == merged.click_imp).all()
+    full = per_search["shown"].sum() == 4
+    assert (shown[shown.search_id.isin(full[full].index)].ranker_rank <= 4).all()
+    top_score = shown.groupby("search_id").ranker_score.min()
+    best_unshown = funnel[~funnel.shown].groupby("search_id").ranker_score.max()
+    both = top_score.index.intersection(best_unshown.index)
+    assert (top_score[both] >= best_unshown[both]).all()
+    assert (funnel[~funnel.shown].position == -1).all() and (funnel[~funnel.shown].click == 0).all()
+
+
+def test_engagement_follows_its_truth(sim, log):
+    t = log.to_pandas()
+    clicked = t[t.click == 1]
+    assert (t[t.click == 0].dwell == 0).all() and (t[t.click == 0].conversion == 0).all()
+    assert (clicked.dwell > 0).all()
+    truth = sim.truth
+    expected = truth.expected_dwell(clicked.user_id.to_numpy(), clicked.query_id.to_numpy(),
+                                    clicked.ad_id.to_numpy())
+    assert np.corrcoef(np.log(clicked.dwell), np.log(expected))[0, 1] > 0.5
+    rel = truth.relevance(clicked.query_id.to_numpy(), clicked.ad_id.to_numpy())
+    relevant = rel >= truth.relevance_threshold
+    assert clicked.conversion[relevant].mean() > 3 * max(clicked.conversion[~relevant].mean(), 1e-3)
+    assert np.allclose(t.page_length, truth.ad_page_length[t.ad_id])

@@ -54,6 +54,10 @@ LEGACY_REL_SCALE, LEGACY_ATTR_SCALE, LEGACY_AD_NOISE, AUCTION_NOISE = 0.5, 1.2, 
 INTEREST_DRIVEN_SHARE = 0.6
 #: Dirichlet concentration of user interests: small = users focus on few topics.
 INTEREST_ALPHA = 0.3
+#: engagement after a click: dwell seconds ~ DWELL_BASE x page length x (0.2 + 0.8 relevance) x
+#: (0.5 + interest), log-normal with DWELL_SIGMA; conversion ~ CONVERSION_MAX x relevance^2 x
+#: (0.3 + 0.7 interest / max interest). Relevant ads hold attention and convert, click-bait does not.
+DWELL_BASE, DWELL_SIGMA, CONVERSION_MAX = 30.0, 0.5, 0.4
 MAX_TITLE_WORDS, MAX_QUERY_WORDS = 6, 5
 START_TIMESTAMP, LOG_SECONDS = 1_700_000_000, 30 * 86_400
 SPLITS = ("train", "valid", "test")
@@ -64,6 +68,7 @@ FILES = {
     "queries": "queries.parquet",
     "users": "users.parquet",
     "truth": "truth.npz",
+    "funnel": "funnel.parquet",
     "config": "simulator.json",
 }
 
@@ -90,6 +95,9 @@ class SimulatorConfig(BaseModel):
     relevance_threshold: float = Field(0.5, gt=0.0, le=1.0)
     #: last share of searches (by time) is "test", the same share before it "valid".
     holdout_share: float = Field(0.1, ge=0.0, lt=0.5)
+    #: also write ``funnel.parquet``: every candidate that reached the ranking stage of every
+    #: search, with its ranker score and rank, shown or auctioned-but-not-shown (LDM, DMTL).
+    funnel_log: bool = False
 
     def __init__(self, **data: object) -> None:
         try:
@@ -231,6 +239,9 @@ class SimulatorTruth:
     candidate_ad_ids: np.ndarray  # int64[Q, C]: the legacy lexical candidates of each query
     candidate_legacy_score: np.ndarray  # float64[Q, C]: legacy estimated CTR × bid
     relevance_threshold: float = 0.5
+    #: float64[A]: landing-page length factor (dwell time grows with it: the length bias that
+    #: DMTL's engagement head removes); absent from truth files written before it existed.
+    ad_page_length: np.ndarray | None = None
     _query_content: np.ndarray | None = field(default=None, init=False, repr=False)
 
     # -- persistence ---------------------------------------------------------------------------
@@ -257,16 +268,18 @@ class SimulatorTruth:
                 arrays = {k: npz[k] for k in npz.files}
         except (OSError, ValueError, zipfile.BadZipFile) as exc:
             raise DataError(f"{path}: not a readable truth.npz ({exc})") from None
+        optional = {"ad_page_length"}
         names = [f.name for f in fields(cls) if f.init]
-        missing = [n for n in names if n not in arrays]
+        missing = [n for n in names if n not in arrays and n not in optional]
         if missing:
             raise DataError(f"{path}: truth file lacks arrays {missing}")
-        kwargs = {n: arrays[n] for n in names}
+        kwargs = {n: arrays[n] for n in names if n in arrays}
         kwargs["relevance_threshold"] = float(kwargs["relevance_threshold"])
         return cls(**kwargs)
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        return {f.name: np.asarray(getattr(self, f.name)) for f in fields(self) if f.init}
+        return {f.name: np.asarray(getattr(self, f.name)) for f in fields(self)
+                if f.init and getattr(self, f.name) is not None}
 
     def equals(self, other: "SimulatorTruth") -> bool:
         """Exact equality of every array (dataclass ``==`` is ambiguous on arrays)."""
@@ -360,6 +373,25 @@ class SimulatorTruth:
 
     def bid(self, ad_ids) -> np.ndarray:
         return self.ad_bid[self._ids(ad_ids, self.n_ads, "ad")]
+
+    # -- engagement after a click ----------------------------------------------------------------
+    def expected_dwell(self, user_ids, query_ids, ad_ids) -> np.ndarray:
+        """Mean dwell seconds of a click on (user, query, ad) (broadcasting)."""
+        if self.ad_page_length is None:
+            raise DataError("this truth file has no engagement model (simulated before dwell existed)")
+        u = self._ids(user_ids, self.n_users, "user")
+        rel = self.relevance(query_ids, ad_ids)
+        a = np.broadcast_to(self._ids(ad_ids, self.n_ads, "ad"), rel.shape)
+        interest = self.user_interest[u, self.ad_topic[a]]
+        return DWELL_BASE * self.ad_page_length[a] * (0.2 + 0.8 * rel) * (0.5 + interest)
+
+    def conversion_rate(self, user_ids, query_ids, ad_ids) -> np.ndarray:
+        """Probability that a click on (user, query, ad) converts (broadcasting)."""
+        u = self._ids(user_ids, self.n_users, "user")
+        rel = self.relevance(query_ids, ad_ids)
+        a = np.broadcast_to(self._ids(ad_ids, self.n_ads, "ad"), rel.shape)
+        interest = self.user_interest[u, self.ad_topic[a]] / self.user_interest[u].max(axis=-1)
+        return CONVERSION_MAX * rel ** 2 * (0.3 + 0.7 * interest)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -486,6 +518,7 @@ class SimulatedLog:
     n_queries: int
     n_users: int
     truth: SimulatorTruth = field(repr=False)
+    funnel_path: Path | None = None  # with ``funnel_log``
 
     @property
     def click_rate(self) -> float:
@@ -503,8 +536,9 @@ def simulate(cfg: SimulatorConfig, out_dir: str | Path) -> SimulatedLog:
     out.mkdir(parents=True, exist_ok=True)
 
     vocab = _Vocab.build()
-    r_ads, r_queries, r_users, r_cands, r_legacy, r_search = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(6))
+    # spawn(7)'s first six children are spawn(6)'s: adding the engagement stream changed no draw
+    r_ads, r_queries, r_users, r_cands, r_legacy, r_search, r_engage = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(7))
     ads = _make_ads(cfg, vocab, r_ads)
     queries = _make_queries(cfg, vocab, r_queries)
     interest = r_users.dirichlet(np.full(len(vocab.topic_names), INTEREST_ALPHA), size=cfg.n_users)
@@ -531,6 +565,7 @@ def simulate(cfg: SimulatorConfig, out_dir: str | Path) -> SimulatedLog:
         position_bias=1.0 / (1.0 + np.arange(cfg.slots)) ** 0.8,
         candidate_ad_ids=cand, candidate_legacy_score=legacy_score,
         relevance_threshold=float(cfg.relevance_threshold),
+        ad_page_length=r_engage.lognormal(0.0, 0.4, size=cfg.n_ads),
     )
 
     # stage 2: searches in time order; auction over the candidates with per-search noise.
@@ -554,6 +589,7 @@ def simulate(cfg: SimulatorConfig, out_dir: str | Path) -> SimulatedLog:
                                 cand)
     ctr = _sigmoid(truth._ctr_logit(rel_cands[q, slot_in_cands], u, ad)) * truth.position_bias[position]
     click = (r_search.random(n) < ctr).astype(np.int8)
+    dwell, conversion = _engagement(truth, u, q, ad, click, r_engage)
 
     n_holdout = int(round(cfg.holdout_share * n_search))
     split = np.zeros(n_search, dtype=np.int64)
@@ -578,6 +614,9 @@ def simulate(cfg: SimulatorConfig, out_dir: str | Path) -> SimulatedLog:
         "bid": pa.array(ads["bid"][ad], pa.float64()),
         "position": pa.array(position, pa.int32()),
         "click": pa.array(click, pa.int8()),
+        "dwell": pa.array(dwell, pa.float64()),
+        "conversion": pa.array(conversion, pa.int8()),
+        "page_length": pa.array(truth.ad_page_length[ad], pa.float64()),
     })
     ads_table = pa.table({
         "ad_id": pa.array(np.arange(cfg.n_ads), pa.int64()),
@@ -600,6 +639,9 @@ def simulate(cfg: SimulatorConfig, out_dir: str | Path) -> SimulatedLog:
     for key, table in (("impressions", impressions), ("ads", ads_table),
                        ("queries", queries_table), ("users", users_table)):
         _atomic_write_parquet(table, paths[key])
+    if cfg.funnel_log:
+        funnel = _funnel_table(cfg, truth, impressions, qids, users, cand, noisy, split, timestamp)
+        _atomic_write_parquet(funnel, paths["funnel"])
     truth.save(paths["truth"])
     _atomic_write_bytes(paths["config"], (cfg.model_dump_json(indent=2) + "\n").encode())
     return SimulatedLog(
@@ -607,8 +649,66 @@ def simulate(cfg: SimulatorConfig, out_dir: str | Path) -> SimulatedLog:
         queries_path=paths["queries"], users_path=paths["users"], truth_path=paths["truth"],
         config_path=paths["config"], n_impressions=n, n_searches=n_search,
         n_clicks=int(click.sum()), n_ads=cfg.n_ads, n_queries=cfg.n_queries,
-        n_users=cfg.n_users, truth=truth,
+        n_users=cfg.n_users, truth=truth, funnel_path=paths["funnel"] if cfg.funnel_log else None,
     )
+
+
+def _engagement(truth: SimulatorTruth, u: np.ndarray, q: np.ndarray, ad: np.ndarray,
+                click: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Dwell seconds and conversion of each impression: drawn for clicks, 0 otherwise."""
+    mean = truth.expected_dwell(u, q, ad)
+    dwell = np.where(click > 0, mean * rng.lognormal(-DWELL_SIGMA ** 2 / 2, DWELL_SIGMA, len(mean)), 0.0)
+    conversion = (click > 0) & (rng.random(len(mean)) < truth.conversion_rate(u, q, ad))
+    return np.round(dwell, 2), conversion.astype(np.int8)
+
+
+def _funnel_table(cfg: SimulatorConfig, truth: SimulatorTruth, impressions: pa.Table,
+                  qids: np.ndarray, users: np.ndarray, cand: np.ndarray, noisy: np.ndarray,
+                  split: np.ndarray, timestamp: np.ndarray) -> pa.Table:
+    """The ranking-stage log: one row per (search, candidate) the auction ranked.
+
+    ``ranker_score`` is the legacy estimated CTR x bid with the search's auction noise (what the
+    ranker ordered by), ``ranker_rank`` its 1-based rank among the search's candidates, ``shown``
+    whether it won a slot (and was logged as an impression) — the others were auctioned but not
+    shown. Shown rows carry the impression's position, click, dwell and conversion.
+    """
+    n_search, c = noisy.shape
+    search = np.repeat(np.arange(n_search, dtype=np.int64), c)
+    rank = np.argsort(np.argsort(-noisy, axis=1), axis=1) + 1  # [S, C], 1 = best
+    ad = cand[qids][np.arange(n_search)[:, None], np.arange(c)[None, :]].ravel()
+    imp_search = impressions["search_id"].to_numpy()
+    imp_ad = impressions["ad_id"].to_numpy()
+    # shown = the (search, ad) pair has an impression row (the last search may be cut short)
+    key = search * cfg.n_ads + ad
+    imp_key = imp_search * cfg.n_ads + imp_ad
+    order = np.argsort(imp_key)
+    where = np.searchsorted(imp_key[order], key)
+    found = where < len(imp_key)
+    shown = np.zeros(len(key), dtype=bool)
+    shown[found] = imp_key[order][where[found]] == key[found]
+    row = np.where(shown, order[np.minimum(where, len(order) - 1)], 0)
+
+    def from_impressions(col: str, fill, dtype) -> pa.Array:
+        values = impressions[col].to_numpy()[row]
+        return pa.array(np.where(shown, values, fill), dtype)
+
+    q, u = qids[search], users[search]
+    return pa.table({
+        "search_id": pa.array(search, pa.int64()),
+        "timestamp": pa.array(timestamp[search], pa.int64()),
+        "split": pa.array(list(SPLITS), pa.string()).take(pa.array(split[search])),
+        "user_id": pa.array(u, pa.int64()),
+        "query_id": pa.array(q, pa.int64()),
+        "ad_id": pa.array(ad, pa.int64()),
+        "bid": pa.array(truth.ad_bid[ad], pa.float64()),
+        "ranker_score": pa.array(noisy.ravel(), pa.float64()),
+        "ranker_rank": pa.array(rank.ravel(), pa.int32()),
+        "shown": pa.array(shown, pa.bool_()),
+        "position": from_impressions("position", -1, pa.int32()),
+        "click": from_impressions("click", 0, pa.int8()),
+        "dwell": from_impressions("dwell", 0.0, pa.float64()),
+        "conversion": from_impressions("conversion", 0, pa.int8()),
+    })
 
 
 def load_config(out_dir: str | Path) -> SimulatorConfig:
