@@ -159,3 +159,54 @@ def tail_threshold(counts: np.ndarray, head_share: float = 0.2) -> float:
     if len(counts) == 0:
         return math.inf
     return float(np.quantile(counts, 1 - head_share))
+
+
+class SelfSupervisedTask(torch.nn.Module):
+    """Any retrieval task plus the SSL term: ``loss = task loss + weight x contrastive(views)``.
+
+    Each step draws ``batch_size`` items uniformly from the corpus (``corpus``: encoded item
+    features, one row per item), makes two masked views (``masking``), encodes both with the
+    model's item tower (shared with retrieval, as in the paper) and adds the weighted InfoNCE
+    between the views' retrieval vectors. Works with every model: it only calls
+    ``encode_item`` / ``retrieval_item``.
+    """
+
+    def __init__(self, task: torch.nn.Module, corpus: Features | dict, cfg, seed: int = 0):
+        super().__init__()
+        self.task = task
+        self.cfg = cfg
+        self.names = list(corpus)
+        self.corpus = {k: torch.as_tensor(np.asarray(v)) for k, v in corpus.items()}
+        self.num_items = len(next(iter(self.corpus.values())))
+        self.generator = torch.Generator().manual_seed(seed)
+        self.mutual_information = (feature_mutual_information({k: np.asarray(v) for k, v in corpus.items()})
+                                   if cfg.masking == "cfm" else None)
+        make_views(self._draw(2), self.names, cfg.masking, torch.Generator(), self.mutual_information)
+
+    @property
+    def positives_only(self) -> bool:
+        return getattr(self.task, "positives_only", True)
+
+    def _draw(self, n: int) -> Features:
+        rows = uniform_item_rows(self.num_items, n, self.generator)
+        return {k: v[rows] for k, v in self.corpus.items()}
+
+    def loss(self, model, batch, step: int):
+        loss, logs = self.task.loss(model, batch, step)
+        items = self._draw(self.cfg.batch_size)
+        if self.cfg.dropout > 0:
+            items = feature_dropout(items, self.cfg.dropout, self.generator)
+        v1, v2, _, _ = make_views(items, self.names, self.cfg.masking, self.generator,
+                                  self.mutual_information)
+        device = batch.item_ids.device
+        z1 = model.retrieval_item(model.encode_item({k: x.to(device) for k, x in v1.items()}))
+        z2 = model.retrieval_item(model.encode_item({k: x.to(device) for k, x in v2.items()}))
+        ssl = view_contrastive_loss(z1, z2, self.cfg.temperature)
+        return loss + self.cfg.weight * ssl, {**logs, "ssl_loss": float(ssl.detach())}
+
+    def get_extra_state(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict) -> None:
+        if state and "generator" in state:
+            self.generator.set_state(state["generator"])
