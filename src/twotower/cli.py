@@ -228,20 +228,31 @@ def index_cmd(args: List[str] = typer.Argument(..., metavar="RUN_DIR | add RUN_D
 
 
 @app.command()
-def serve(run_dir: Path,
+def serve(run_dir: Optional[Path] = typer.Argument(None, help="run folder (or --channels)"),
           host: str = typer.Option("127.0.0.1", help="bind address (loopback by default)"),
           port: int = typer.Option(8000),
           api_key: Optional[str] = typer.Option(None, envvar="TWOTOWER_API_KEY",
                                                 help="key required by /admin routes (X-API-Key)"),
           max_k: int = typer.Option(1000, help="largest k a request may ask for"),
           inspector: bool = typer.Option(False, help="serve the retrieval inspector page at "
-                                         "/inspector (behind the API key when one is set)")):
+                                         "/inspector (behind the API key when one is set)"),
+          channels: Optional[Path] = typer.Option(None, help="channels YAML: serve the merge of "
+                                                  "its channels instead of one run")):
     """Serve top-K retrieval over HTTP (FastAPI): /retrieve, /health, /metadata, /metrics,
     /admin/reload (and /inspector with --inspector)."""
     def go():
+        from twotower.errors import ConfigError
         from twotower.serve.app import serve as run_server
 
-        run_server(run_dir, host=host, port=port, api_key=api_key, max_k=max_k, inspector=inspector)
+        if (run_dir is None) == (channels is None):
+            raise ConfigError("give a RUN_DIR or --channels CHANNELS.yaml (one of them)")
+        service = None
+        if channels is not None:
+            from twotower.channels.service import open_service
+
+            service = open_service(channels)
+        run_server(run_dir, host=host, port=port, api_key=api_key, max_k=max_k,
+                   inspector=inspector, channels=service)
 
     _run(go)
 
@@ -275,6 +286,58 @@ def demo(workdir: Path = typer.Option(Path("runs/demo"), help="where data and ru
         from twotower.demo import run_demo
 
         run_demo(workdir, impressions)
+
+    _run(go)
+
+
+channels_app = typer.Typer(no_args_is_help=True, help="Multi-channel retrieval: build, learn "
+                           "weights from feedback, replay them offline.")
+app.add_typer(channels_app, name="channels")
+
+
+@channels_app.command("build")
+def channels_build(config: Path = typer.Argument(..., help="channels YAML")):
+    """Validate every channel and build its tables (co-occurrence, popularity, BM25, index)."""
+    def go():
+        from twotower.channels.service import build_channels
+
+        report = build_channels(config, log=lambda *_: None)
+        typer.echo(json.dumps(report, indent=2, default=str))
+
+    _run(go)
+
+
+@channels_app.command("learn")
+def channels_learn(config: Path = typer.Argument(..., help="channels YAML"),
+                   feedback: Path = typer.Argument(..., help="feedback log (Parquet / CSV)")):
+    """Update the channel weights from a feedback log (bandit); saved with their history."""
+    def go():
+        from twotower.channels.service import learn_weights
+
+        typer.echo(json.dumps(learn_weights(config, feedback), indent=2))
+
+    _run(go)
+
+
+@channels_app.command("replay")
+def channels_replay(config: Path = typer.Argument(..., help="channels YAML"),
+                    feedback: Path = typer.Argument(..., help="held-out feedback log with the "
+                                                    "request fields"),
+                    k: Optional[int] = typer.Option(None, help="merged N (default merge.n)")):
+    """Replay the config's weights, equal weights and the learned ones on a held-out log."""
+    def go():
+        from twotower.channels.service import open_service, replay
+        from twotower.channels.weights import WeightsFile
+
+        svc = open_service(config)
+        names = list(svc.channels)
+        settings = {"config": {c.name: c.weight for c in svc.cfg.channels},
+                    "equal": {n: 1.0 for n in names}}
+        learned = WeightsFile(svc.cfg.weights_path).current(names)
+        if learned is not None:
+            settings["learned"] = learned
+        typer.echo(json.dumps(replay(svc, feedback, settings, k), indent=2))
+        svc.close()
 
     _run(go)
 

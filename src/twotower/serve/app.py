@@ -34,6 +34,7 @@ class RetrieveRequest(BaseModel):
 class RetrieveResponse(BaseModel):
     results: list[dict[str, Any]]
     index_version: str
+    failed_channels: Optional[dict[str, str]] = None  # multi-channel service: channel -> why
 
 
 class ReloadRequest(BaseModel):
@@ -42,8 +43,11 @@ class ReloadRequest(BaseModel):
 
 def create_app(run_dir: str | Path | None = None, retriever: Retriever | None = None,
                max_k: int = 1000, max_batch: int = 1024, max_body_bytes: int = 1 << 20,
-               api_key: str | None = None, inspector: bool = False) -> FastAPI:
-    retriever = retriever or Retriever(run_dir)
+               api_key: str | None = None, inspector: bool = False,
+               channels: Any = None) -> FastAPI:
+    """``channels``: a ``twotower.channels.ChannelService`` served in place of one run's
+    ``Retriever`` (same interface; each result gains a per-item ``channels`` breakdown)."""
+    retriever = channels or retriever or Retriever(run_dir)
     app = FastAPI(title="twotower retrieval", version="1")
     app.state.retriever = retriever
 
@@ -103,10 +107,13 @@ def create_app(run_dir: str | Path | None = None, retriever: Retriever | None = 
     return app
 
 
-def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          max_k: int = 1000, workers_threads: int | None = None, inspector: bool = False) -> None:
+def serve(run_dir: str | Path | None, host: str = "127.0.0.1", port: int = 8000,
+          api_key: str | None = None, max_k: int = 1000, workers_threads: int | None = None,
+          inspector: bool = False, channels: Any = None) -> None:
+    """``channels``: an opened ``ChannelService`` to serve instead of ``run_dir``'s retriever
+    (the CLI opens it: serve never imports the channels stage, which sits above it)."""
     import uvicorn
 
     configure_access_log()
-    app = create_app(run_dir, max_k=max_k, api_key=api_key, inspector=inspector)
+    app = create_app(run_dir, max_k=max_k, api_key=api_key, inspector=inspector, channels=channels)
     uvicorn.run(app, host=host, port=port, log_level="warning")
