@@ -67,7 +67,10 @@ def test_replay_prefers_the_setting_that_retrieves_clicked_items():
     to_b = replay_reward(m.merge(answers, 1, 2, weights={"a": 0.1, "b": 1.9}), outcomes)
     to_a = replay_reward(m.merge(answers, 1, 2, weights={"a": 1.9, "b": 0.1}), outcomes)
     assert to_b["reward_per_request"] == 2.0 and to_a["reward_per_request"] == 0.0
-    assert to_a["matched_share"] == 0.5
+    assert to_a["matched_share"] == 0.5 and to_b["logged_reward_per_request"] == 2.0
+    # unmatched items are not judged: one matched click of two shown items estimates 2 per request
+    half = replay_reward([{"ids": [7, 42]}], [{"7": 1.0}])
+    assert half["reward_per_request"] == 2.0 and half["logged_reward_per_request"] == 1.0
 
 
 def test_weights_file_keeps_history_and_refuses_bad_content(tmp_path):

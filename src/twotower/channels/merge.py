@@ -206,9 +206,17 @@ class Merger:
                    {c.name: c.quota or 0 for c in cfg.channels}, isotonic or {}, popularity)
 
     def _ties(self, ids: list) -> np.ndarray:
+        """Seeded hash of each id (cached: a catalogue's ids repeat across requests)."""
         from twotower.features.hashing import hash_strings
 
-        return hash_strings([str(x) for x in ids], salt=self.cfg.seed)
+        cache = self.__dict__.setdefault("_tie_cache", {})
+        if len(cache) > 1_000_000:  # bounded memory on an open-ended id space
+            cache.clear()
+        keys = [str(x) for x in ids]
+        new = [k for k in keys if k not in cache]
+        if new:
+            cache.update(zip(new, hash_strings(new, salt=self.cfg.seed).tolist()))
+        return np.array([cache[k] for k in keys], dtype=np.uint64)
 
     def merge(self, answers: dict[str, Answer], n_requests: int, n: int | None = None,
               exclude: list[list] | None = None, weights: dict[str, float] | None = None

@@ -15,7 +15,7 @@ total, and they sum to the number of channels (all equal = every weight 1, the c
 ``replay`` evaluates a weight setting on a held-out log: the channels answer each logged request
 once, the merge re-runs with the candidate weights, and the reward is what the log recorded for
 the items of its top N (the replay method of Li et al., WSDM 2011; items the log never showed earn
-nothing, so a setting is judged only by logged outcomes). ``WeightsFile`` keeps the current weights
+are not judged: the estimate is the mean reward of the matched items times the list length). ``WeightsFile`` keeps the current weights
 with their history beside the channel config (atomic writes); the service reloads it on
 ``/admin/reload`` without a restart.
 """
@@ -243,8 +243,13 @@ def logged_requests(fb: Feedback, fields: Sequence[str]) -> tuple[list[dict], li
 
 
 def replay_reward(merged: list[dict], outcomes: list[dict]) -> dict[str, float]:
-    """Mean logged reward per request of the merged top N, and the share of its items the log
-    had shown (how much of the setting the log can judge)."""
+    """Replay of merged results against logged outcomes.
+
+    ``reward_per_request``: the replay estimate — mean reward of the merged items the log had
+    shown (only matched items are judged, Li et al.) times the mean list length, so a setting is
+    not penalised for choosing items the logging policy did not show; ``logged_reward_per_request``:
+    the logged reward its lists contain; ``matched_share``: how much of the setting the log judges.
+    """
     total, matched, shown = 0.0, 0, 0
     for res, out in zip(merged, outcomes):
         for x in res["ids"]:
@@ -254,5 +259,7 @@ def replay_reward(merged: list[dict], outcomes: list[dict]) -> dict[str, float]:
                 matched += 1
                 total += out[key]
     n = max(len(merged), 1)
-    return {"reward_per_request": total / n, "matched_share": matched / max(shown, 1),
-            "requests": len(merged)}
+    per_matched = total / matched if matched else 0.0
+    return {"reward_per_request": per_matched * shown / n, "reward_per_matched": per_matched,
+            "logged_reward_per_request": total / n, "matched_share": matched / max(shown, 1),
+            "matched": matched, "requests": len(merged)}
