@@ -155,3 +155,12 @@ def test_real_channels_merge_learn_and_replay(built, sim_dir):
     res = replay(svc, log, {"equal": {n: 1.0 for n in svc.channels}, "learned": svc.weights}, 20)
     assert res["learned"]["reward_per_request"] > res["equal"]["reward_per_request"]
     svc.close()
+
+
+def test_serve_needs_a_run_or_channels():
+    from typer.testing import CliRunner
+
+    from twotower.cli import app
+
+    r = CliRunner().invoke(app, ["serve"])
+    assert r.exit_code == 1 and "--channels" in r.output and "Traceback" not in r.output
