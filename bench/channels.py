@@ -13,8 +13,8 @@ the simulator, learned vs equal channel weights, and the merged service's latenc
    the relevant ads delivered), then compared with equal weights by replay on a held-out log (the
    first half of the test searches, logged under random weights) and by the true metrics on the
    other half.
-3. Latency: `twotower serve --channels` on loopback, a bounded load (clients x seconds) on the
-   merged service and on each channel served alone; p50 / p99.
+3. Latency: `twotower serve --channels` on loopback, a bounded load (1 client, then `--clients`
+   clients, `--seconds` each) on the merged service and on each channel served alone; p50 / p99.
 
 Small models and few epochs (CPU, 2 shared cores); the sizes are in the JSON.
 Usage: python bench/channels.py [--parts ml,sim,latency] [--out bench/results/channels.json]
@@ -517,7 +517,11 @@ def latency_part(args, work: Path, spec: dict, queries: list[dict]) -> dict:
             print(f"  latency {name}: {out['configs'][name]}", flush=True)
         finally:
             proc.terminate()
-            proc.wait(30)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:  # uvicorn waits for requests still in flight
+                proc.kill()
+                proc.wait(30)
     for load_key in ("clients=1", f"clients={args.clients}"):
         singles = {k: v[load_key] for k, v in out["configs"].items() if k != "merged"}
         slowest = max(singles, key=lambda k: singles[k]["p99_ms"])
@@ -577,40 +581,6 @@ def tables(res: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(res: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    parts = [p for p in ("ml", "sim", "latency") if p in res]
-    fig, axes = plt.subplots(1, len(parts), figsize=(6 * len(parts), 4.5), squeeze=False)
-    for ax, p in zip(axes[0], parts):
-        if p in ("ml", "sim"):
-            metric, title = {"ml": ("hr@50", "MovieLens 100K (test)"),
-                             "sim": ("ideal_recall@100", "simulator (held out)")}[p]
-            rows = res[p]["rows"]
-            names = list(rows)
-            ax.barh(names, [rows[n][metric] for n in names], color=[
-                "tab:blue" if n.startswith("merge") else "tab:gray" for n in names])
-            ax.set_xlabel(metric)
-            ax.set_title(title)
-        else:
-            cfgs = {n: v[f"clients={res['latency']['clients']}"]
-                    for n, v in res["latency"]["configs"].items()}
-            names = list(cfgs)
-            x = np.arange(len(names))
-            ax.bar(x - 0.2, [cfgs[n]["p50_ms"] for n in names], 0.4, label="p50")
-            ax.bar(x + 0.2, [cfgs[n]["p99_ms"] for n in names], 0.4, label="p99")
-            ax.set_xticks(x, names, rotation=30)
-            ax.set_ylabel("ms")
-            ax.legend()
-            ax.set_title("/retrieve latency (loopback)")
-        ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--parts", default="ml,sim,latency")
@@ -639,15 +609,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
+        def save() -> None:  # after every part: a later failure keeps what was measured
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(res, indent=2, default=str))
+
         if "ml" in parts:
             res["ml"] = ml_part(args, work)
             print(f"ml done in {res['ml']['seconds']:.0f}s", flush=True)
+            save()
         if "sim" in parts or "latency" in parts:
             sim = sim_part(args, work)
             spec, queries = sim.pop("_spec"), sim.pop("_requests")
             if "sim" in parts:
                 res["sim"] = sim
                 print(f"sim done in {sim['seconds']:.0f}s", flush=True)
+                save()
             if "latency" in parts:
                 res["latency"] = latency_part(args, work, spec, queries)
     text = tables(res)
@@ -655,8 +631,11 @@ def main() -> None:
     res["table"] = text
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2, default=str))
-    plot(res, args.out.with_suffix(".png"))
-    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    print(f"wrote {args.out}")
+    sys.path.insert(0, str(HERE))
+    from plots import plot_results
+
+    plot_results("channels", res, args.out)
 
 
 if __name__ == "__main__":

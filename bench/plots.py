@@ -107,10 +107,35 @@ def plot_zoo_sequence(res: dict, out_json: Path) -> list[Path]:
                        {n: m["examples_per_s"] for n, m in models.items()}, baseline="dssm", logy=True)]
 
 
+def plot_channels(res: dict, out_json: Path) -> list[Path]:
+    made = []
+    if "ml" in res:
+        made.append(plots.bars(_png(out_json), "Channels, MovieLens 100K: HR@50 (test) of each "
+                               "channel and merge", "HR@50",
+                               {n: r["hr@50"] for n, r in res["ml"]["rows"].items()},
+                               baseline="dssm", fmt="{:.3f}"))
+    if "sim" in res:
+        made.append(plots.bars(_png(out_json, "_sim"), "Channels, simulator: ideal-recall@100 "
+                               "(held-out searches)", "ideal-recall@100",
+                               {n: r["ideal_recall@100"] for n, r in res["sim"]["rows"].items()},
+                               baseline="mobius", fmt="{:.3f}"))
+    if "latency" in res:
+        lat = res["latency"]
+        key = f"clients={lat['clients']}"
+        for load_key, suffix in (("clients=1", "_latency1"), (key, "_latency")):
+            cfgs = {n: v[load_key] for n, v in lat["configs"].items() if load_key in v}
+            made.append(plots.grouped_bars(
+                _png(out_json, suffix), f"/retrieve k=100 on loopback, {load_key}: merged vs each "
+                "channel alone", "latency (ms)", list(cfgs),
+                {"p50 (ms)": [c["p50_ms"] for c in cfgs.values()],
+                 "p99 (ms)": [c["p99_ms"] for c in cfgs.values()]}))
+    return made
+
+
 PLOTTERS: dict[str, Callable[[dict, Path], list[Path]]] = {
     "ml100k": plot_ml100k, "ml100k_cuda": plot_ml100k, "index": plot_index,
     "index_16core": plot_index, "mobius": plot_mobius, "serve_load": plot_serve_load,
-    "zoo": plot_zoo, "zoo_sequence": plot_zoo_sequence,
+    "zoo": plot_zoo, "zoo_sequence": plot_zoo_sequence, "channels": plot_channels,
 }
 
 
