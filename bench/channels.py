@@ -118,7 +118,7 @@ def ml_part(args, work: Path) -> dict:
     t0 = time.perf_counter()
     s = train_run(movielens_config(ml, runs / "comirec", history_len=50, model={
         "name": "comirec_sa", "num_interests": 4, "embedding_dim": 32, "hidden": [128],
-        "output_dim": 32, "temperature": 0.05}, objective={"in_batch_block": None}, train={
+        "output_dim": 32}, objective={"temperature": 0.05, "in_batch_block": None}, train={
         "epochs": 100, "max_steps": args.comirec_steps, "batch_size": 1024, "lr": 0.003,
         "progress": False, "seed": 0, "checkpoint_every": 1_000_000,
         "early_stopping_patience": None}), overwrite=True)
@@ -287,8 +287,7 @@ def sim_part(args, work: Path) -> dict:
     from twotower.channels.weights import ChannelBandit, logged_requests, replay_reward
     from twotower.data.simulator import SimulatorConfig, SimulatorTruth, simulate
     from twotower.index.run_index import build_run_index
-    from twotower.mobius.evaluate import HeldOut
-    from twotower.mobius.pipeline import train_mobius_run
+    from twotower.eval.simulator import HeldOut
     from twotower.pipeline import train_run
     from twotower.presets import mobius_simulator_config, simulator_config
 
@@ -311,7 +310,7 @@ def sim_part(args, work: Path) -> dict:
     for name, mob in (("mobius", {"bad_cases": "active", "teacher": "lexical"}),
                       ("ctr", {"bad_cases": "none"})):
         t0 = time.perf_counter()
-        train_mobius_run(shrink(mobius_simulator_config(data, runs / name, **common, objective={
+        train_run(shrink(mobius_simulator_config(data, runs / name, **common, objective={
             "name": "mobius", "mobius": mob})), overwrite=True)
         trained[name] = {"seconds": time.perf_counter() - t0}
         build_run_index(runs / name, "flat")

@@ -42,7 +42,8 @@ def rank_eval(user_vecs: np.ndarray, item_vecs: np.ndarray, data_dir: Path) -> d
     import torch
 
     from twotower.eval.metrics import ranking_metrics
-    from twotower.eval.offline import _csr, rank_targets
+    from twotower.eval.offline import rank_targets
+    from twotower.features.requests import _csr
 
     uid, iid, u, i, split, train = protocol(data_dir)
     n_users = len(uid)

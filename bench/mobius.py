@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from twotower.data.simulator import SimulatorConfig, simulate
-from twotower.mobius.compare import format_tables, run_comparison
+from twotower.comparison import format_tables, run_comparison
 from twotower.run import atomic_write_text
 
 

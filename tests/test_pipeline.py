@@ -12,7 +12,8 @@ import torch
 from twotower.eval.offline import encode_corpus
 from twotower.features.feature_set import FeatureSet
 from twotower.index.export import read_vectors
-from twotower.pipeline import RunData, evaluate_run, load_model, load_run_config, train_run
+from twotower.pipeline import evaluate_run, train_run
+from twotower.runs import RunData, load_model, load_run_config
 from twotower.run import RunDir
 
 
@@ -33,7 +34,7 @@ def test_contract(trained):
     c = json.loads(run.contract.read_text())
     assert c["metric"] == "inner_product"
     assert c["normalized"] is True
-    assert c["temperature"] == pytest.approx(cfg.model.temperature)
+    assert c["temperature"] == pytest.approx(cfg.objective.temperature)
     assert c["dim"] == cfg.model.output_dim
     assert c["item_id"] == "ad_id"
     assert c["weights_sha256"] == hashlib.sha256(run.weights.read_bytes()).hexdigest()

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import List, Optional
 
 # Before torch loads OpenMP: spin-waiting worker threads stall each other whenever the cores are
-# shared (a service beside its clients, a busy box): 4k vs 30k positives/s measured on 2 loaded
-# cores, no measurable difference on idle ones. The user's own setting wins.
+# shared (a service beside its clients, a busy box): several times slower training on loaded
+# cores (README), no measurable difference on idle ones. The user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer  # noqa: E402
@@ -35,20 +35,6 @@ def _run(fn):
     except TwoTowerError as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
-
-
-def print_metrics(title: str, rows: dict[str, dict], columns: list[str]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    table.add_column("model")
-    for c in columns:
-        table.add_column(c, justify="right")
-    for name, m in rows.items():
-        table.add_row(name, *[f"{m[c]:.4f}" if isinstance(m.get(c), float) else str(m.get(c, "-"))
-                              for c in columns])
-    Console(width=max(100, 14 * (len(columns) + 1))).print(table)
 
 
 @app.command()
@@ -95,13 +81,10 @@ def train(config: Optional[Path] = typer.Argument(None, help="run config (YAML)"
             # ignoring a different one would train something other than what was asked for
             raise ConfigError(f"--resume {resume} continues with that run's own config.yaml; "
                               "give either CONFIG.yaml (and --set) or --resume, not both")
-        cfg = None if resume is not None else load_config(config, set_)
-        if _is_mobius(cfg, resume):
-            from twotower.mobius.pipeline import train_mobius_run
+        from twotower.eval.tables import print_metrics
 
-            summary = train_mobius_run(cfg, overwrite=overwrite, resume_dir=resume)
-        else:
-            summary = train_run(cfg, resume_dir=resume, overwrite=overwrite, stream=stream)
+        cfg = None if resume is not None else load_config(config, set_)
+        summary = train_run(cfg, resume_dir=resume, overwrite=overwrite, stream=stream)
         ks = sorted({k for k in (cfg or summary_cfg(summary)).eval.ks})
         cols = [f"{m}@{k}" for k in ks for m in ("hr", "ndcg")] + ["mrr"]
         print_metrics(f"{summary.metrics.get('split', '')} metrics — {summary.run_dir}",
@@ -137,19 +120,9 @@ def report(run_dir: Path):
     _run(go)
 
 
-def _is_mobius(cfg, resume: Optional[Path]) -> bool:
-    """A MOBIUS run (fresh config, or the config.yaml of the run folder to resume)."""
-    if cfg is None and resume is not None:
-        from twotower.pipeline import load_run_config
-        from twotower.run import RunDir
-
-        cfg = load_run_config(RunDir(resume))
-    return cfg is not None and cfg.objective.name == "mobius"
-
-
 def summary_cfg(summary):
-    from twotower.pipeline import load_run_config
     from twotower.run import RunDir
+    from twotower.runs import load_run_config
 
     return load_run_config(RunDir(summary.run_dir))
 
@@ -264,7 +237,7 @@ def fields(run_dir: Path, split: str = typer.Option("valid", help="rows whose qu
         from rich.console import Console
         from rich.table import Table
 
-        from twotower.models.senet import mean_field_weights
+        from twotower.eval.fields import mean_field_weights
 
         weights = mean_field_weights(run_dir, split)
         table = Table(title=f"SENet mean field weights — {run_dir}")

@@ -2,13 +2,13 @@
 
 Each stage receives only its own sub-config (``Trainer(model, task, cfg.train)``). A wrong field is
 reported with its dotted path and, for a misspelt name, the closest valid one. Model-specific
-fields live in the config class each model registers (``models.register``), so ``model.name``
-selects both the model and the fields it accepts.
+fields live in the config class each model registers (``models.register``, kept in
+``twotower.registry``), so ``model.name`` selects both the model and the fields it accepts.
 """
 from __future__ import annotations
 
 import difflib
-import enum
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,27 +16,17 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator,
                       model_validator)
 
+from twotower import registry
 from twotower.errors import ConfigError
-from twotower.types import Side
+from twotower.types import FeatureKind, Side
+
+__all__ = ["FeatureKind"]  # re-exported: configs name feature kinds; the enum lives in types
 
 
 class StrictModel(BaseModel):
     """Base of every config section: unknown fields are errors, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-
-class FeatureKind(str, enum.Enum):
-    #: an id fitted into a vocabulary (min count, out-of-vocabulary bucket)
-    CATEGORICAL = "categorical"
-    #: an id hashed into ``num_buckets`` (very large cardinalities, no vocabulary kept)
-    HASHED = "hashed"
-    #: free text: word and/or character-3-gram hashing (as in Que2Search), mean-pooled
-    TEXT = "text"
-    #: a list of ids (history), padded/truncated to ``max_len`` with a mask, mean-pooled
-    SEQUENCE = "sequence"
-    #: a number, standardised with the training mean and standard deviation
-    DENSE = "dense"
 
 
 class FeatureConfig(StrictModel):
@@ -101,7 +91,6 @@ class ModelConfig(StrictModel):
     embedding_dim: int = Field(64, gt=0)
     hidden: list[int] = Field(default_factory=lambda: [256])
     output_dim: int = Field(64, gt=0)
-    temperature: float = Field(0.05, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
 
 
@@ -142,6 +131,8 @@ class MobiusObjectiveConfig(StrictModel):
 
 class ObjectiveConfig(StrictModel):
     name: Literal["in_batch_softmax", "mixed_negatives", "pointwise_bce", "mobius"] = "in_batch_softmax"
+    temperature: float = Field(0.05, gt=0, description="logits = similarity / temperature (the "
+                               "model returns similarities; serving records it in the contract)")
     logq_correction: bool = True
     remove_accidental_hits: bool = True
     uniform_negatives: int = Field(0, ge=0, description="mixed negatives: corpus draws per batch")
@@ -194,12 +185,33 @@ class RunConfig(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _temperature_moved(cls, raw: Any) -> Any:
+        # model.temperature moved to objective.temperature (the loss owns it); an older config
+        # (or a run folder's config.yaml) still loads, with a warning
+        if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
+            return raw
+        model = raw["model"]
+        if "temperature" not in model:
+            return raw
+        entry = registry.model_entry(model.get("name", "dssm"))
+        if entry is not None and "temperature" in entry[1].model_fields:
+            return raw  # a model whose own scoring has a temperature (PDN's SimilarityNet)
+        objective = dict(raw.get("objective") or {})
+        if "temperature" in objective:
+            raise ValueError("model.temperature moved to objective.temperature; remove "
+                             "model.temperature (both are set)")
+        warnings.warn("model.temperature moved to objective.temperature; reading it from there",
+                      DeprecationWarning, stacklevel=2)
+        objective["temperature"] = model["temperature"]
+        model = {k: v for k, v in model.items() if k != "temperature"}
+        return {**raw, "model": model, "objective": objective}
+
     @field_validator("model", mode="before")
     @classmethod
     def _model_by_name(cls, value: Any) -> Any:
         # The model's own config class decides which fields are valid.
-        from twotower.models import model_config_class
-
         if isinstance(value, ModelConfig):
             value = value.model_dump()
         if value is None:
@@ -211,6 +223,15 @@ class RunConfig(StrictModel):
     @property
     def resolved_run_dir(self) -> Path:
         return self.run_dir if self.run_dir is not None else Path("runs") / self.name
+
+
+def model_config_class(name: str) -> type[ModelConfig]:
+    """The config class registered for ``model.name``; a ValueError (reported by pydantic as
+    ``model: ...``) names the known models."""
+    entry = registry.model_entry(name)
+    if entry is None:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(registry.model_names())}")
+    return entry[1]
 
 
 def _format_errors(err: ValidationError, source: str, raw: Any) -> str:
@@ -242,8 +263,6 @@ def _known_fields(loc: tuple, raw: Any) -> list[str]:
             return []
         ann = field.annotation
         if part == "model":
-            from twotower.models import model_config_class
-
             name = (raw or {}).get("model", {}).get("name", "dssm") if isinstance(raw, dict) else "dssm"
             try:
                 model = model_config_class(name)

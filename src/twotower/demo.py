@@ -20,7 +20,7 @@ def run_demo(workdir: Path, impressions: int = 200_000, mobius_impressions: int 
              ) -> dict:
     """``mobius_impressions``: size of the small world of the MOBIUS comparison step (None skips
     it)."""
-    from twotower.cli import print_metrics
+    from twotower.eval.tables import print_metrics
     from twotower.pipeline import train_run
 
     workdir = Path(workdir)
@@ -52,7 +52,7 @@ def run_demo(workdir: Path, impressions: int = 200_000, mobius_impressions: int 
 def run_mobius_step(workdir: Path, impressions: int, n: int = 5) -> dict:
     """MOBIUS (Fan et al., KDD 2019) with the lexical teacher on a small simulated world, against
     the CTR two-tower it extends and the relevance-only retriever; prints the comparison table."""
-    from twotower.mobius.compare import format_tables, run_comparison
+    from twotower.comparison import format_tables, run_comparison
 
     t0 = time.perf_counter()
     data_dir = workdir / "data"

@@ -31,8 +31,8 @@ def simulator_config(data_dir: str | Path, run_dir: str | Path, **sections) -> R
                 {"name": "advertiser_id", "side": "item"},
             ],
         },
-        "model": {"name": "dssm", "embedding_dim": 32, "hidden": [128], "output_dim": 32,
-                  "temperature": 0.05},
+        "model": {"name": "dssm", "embedding_dim": 32, "hidden": [128], "output_dim": 32},
+        "objective": {"temperature": 0.05},
         "train": {"epochs": 5, "batch_size": 512, "lr": 0.003, "checkpoint_every": 2000,
                   "early_stopping_patience": 2},
         "eval": {"ks": [10, 50, 100], "group_by": "search_id", "metric": "recall@50"},
@@ -46,13 +46,13 @@ def mobius_simulator_config(data_dir: str | Path, run_dir: str | Path, **section
     raw = simulator_config(data_dir, run_dir).model_dump(mode="json")
     raw["name"] = "mobius"
     raw["model"] = {"name": "mobius", "embedding_dim": 32, "hidden": [128], "output_dim": 32,
-                    "num_vectors": 3, "temperature": 0.1}
-    # defaults measured with bench/mobius.py (README, MOBIUS): low relevance = the 90% lowest teacher
-    # scores of the cross join (lexical: no query word in the ad; a fixed 0.5 also mines partial
-    # matches that are truly relevant), a 20-step warm-up then mining, 2048 bad cases per batch at
-    # weight 3 (relevant@10 0.402 vs 0.373 with 512 on 50k impressions, 0.468 vs 0.433 on 200k),
-    # 10 epochs; one torch thread (small model).
-    raw["objective"] = {"name": "mobius", "mobius": {"teacher": "lexical", "low_relevance_share": 0.9,
+                    "num_vectors": 3}
+    # defaults chosen with bench/mobius.py (figures: README, MOBIUS): low relevance = the 90% lowest
+    # teacher scores of the cross join (lexical: no query word in the ad; a fixed 0.5 also mines
+    # partial matches that are truly relevant), a 20-step warm-up then mining, 2048 bad cases per
+    # batch at weight 3 (more relevant ads in the top 10 than 512), 10 epochs; one torch thread
+    # (small model).
+    raw["objective"] = {"name": "mobius", "temperature": 0.1, "mobius": {"teacher": "lexical", "low_relevance_share": 0.9,
                                                      "warmup_epochs": 0, "warmup_steps": 20,
                                                      "max_bad_per_batch": 2048, "bad_weight": 3.0}}
     raw["train"] = {**raw["train"], "epochs": 10, "early_stopping_patience": None, "threads": 1}
@@ -63,23 +63,22 @@ def mobius_simulator_config(data_dir: str | Path, run_dir: str | Path, **section
 #: fastest DSSM that clears BENCHMARK.md §1's quality bar; "full": 64-d fields, a 256-unit hidden
 #: layer and 64-d output, higher HR@50 at about half the training speed (README, ML-100K results).
 MOVIELENS_MODELS = {
-    "fast": {"name": "dssm", "embedding_dim": 32, "hidden": [], "output_dim": 32,
-             "temperature": 0.05},
-    "full": {"name": "dssm", "embedding_dim": 64, "hidden": [256], "output_dim": 64,
-             "temperature": 0.05},
+    "fast": {"name": "dssm", "embedding_dim": 32, "hidden": [], "output_dim": 32},
+    "full": {"name": "dssm", "embedding_dim": 64, "hidden": [256], "output_dim": 64},
 }
 
 
 #: training of the MovieLens preset by size. "fast": batches of 4096 whose in-batch softmax runs
 #: over blocks of 1024 rows (1023 negatives per positive, as at batch 1024), so the per-step cost
-#: of the optimiser and of ~300 small ops is shared by 4x the examples: 1.3-1.5x the positives/s
-#: of batch 1024 at the same HR@50 (bench/ml100k.py, README). "full": plain batches of 1024.
+#: of the optimiser and of ~300 small ops is shared by 4x the examples: more positives/s than
+#: batch 1024 at the same HR@50 (bench/ml100k.py, README). "full": plain batches of 1024.
 MOVIELENS_TRAINING = {
-    "fast": {"train": {"batch_size": 4096, "lr": 0.006}, "objective": {"in_batch_block": 1024}},
-    "full": {"train": {"batch_size": 1024, "lr": 0.003}, "objective": {}},
+    "fast": {"train": {"batch_size": 4096, "lr": 0.006},
+             "objective": {"temperature": 0.05, "in_batch_block": 1024}},
+    "full": {"train": {"batch_size": 1024, "lr": 0.003}, "objective": {"temperature": 0.05}},
 }
 #: items of watch history pooled into the user tower, by size. 20 for "fast": higher validation
-#: HR@50 than 50 (0.490 vs 0.472) and less pooling work per example.
+#: HR@50 than 50 (README) and less pooling work per example.
 MOVIELENS_HISTORY = {"fast": 20, "full": 50}
 
 

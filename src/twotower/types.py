@@ -1,4 +1,5 @@
-"""Shared types: the training ``Batch``, the ``Similarity`` enum and the shape letters.
+"""Shared types: the training ``Batch``, the ``Similarity``, ``Side`` and ``FeatureKind`` enums,
+the ``FieldSpec`` a model embeds a feature by, and the shape letters.
 
 Shape letters used in comments and docstrings everywhere:
 ``B`` batch, ``N`` candidates, ``V`` vectors per side, ``D`` dimension, ``K`` top-k,
@@ -7,7 +8,7 @@ Shape letters used in comments and docstrings everywhere:
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -30,6 +31,41 @@ class Side(str, enum.Enum):
 
     QUERY = "query"
     ITEM = "item"
+
+
+class FeatureKind(str, enum.Enum):
+    """How an input column is encoded."""
+
+    #: an id fitted into a vocabulary (min count, out-of-vocabulary bucket)
+    CATEGORICAL = "categorical"
+    #: an id hashed into ``num_buckets`` (very large cardinalities, no vocabulary kept)
+    HASHED = "hashed"
+    #: free text: word and/or character-3-gram hashing (as in Que2Search), mean-pooled
+    TEXT = "text"
+    #: a list of ids (history), padded/truncated to ``max_len`` with a mask, mean-pooled
+    SEQUENCE = "sequence"
+    #: a number, standardised with the training mean and standard deviation
+    DENSE = "dense"
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """What a model needs to know about one feature to embed it."""
+
+    kind: FeatureKind
+    side: Side
+    cardinality: int  # embedding rows (0 for dense)
+    table: str  # name of the table it reads (the vocabulary's owner)
+    dim: int  # embedding dimension
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["kind"], d["side"] = self.kind.value, self.side.value
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "FieldSpec":
+        return cls(FeatureKind(d["kind"]), Side(d["side"]), d["cardinality"], d["table"], d["dim"])
 
 
 @dataclass

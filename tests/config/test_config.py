@@ -63,10 +63,26 @@ def test_misspelt_nested_feature_field(tmp_path):
 
 def test_misspelt_model_field_uses_model_fields(tmp_path):
     raw = base_raw()
-    raw["model"]["temprature"] = 0.1
+    raw["model"] = {"name": "dat", "mimic_weigth": 0.1}  # a field only DAT's config has
     with pytest.raises(ConfigError) as e:
         load_config(write(tmp_path, raw))
-    assert "model.temprature" in str(e.value) and "did you mean 'temperature'" in str(e.value)
+    assert "model.mimic_weigth" in str(e.value) and "did you mean 'mimic_weight'" in str(e.value)
+
+
+def test_temperature_belongs_to_the_objective(tmp_path):
+    raw = base_raw()
+    raw["objective"] = {"temperature": 0.1}
+    cfg = load_config(write(tmp_path, raw))
+    assert cfg.objective.temperature == 0.1 and "temperature" not in type(cfg.model).model_fields
+    # an older config's model.temperature is read as objective.temperature, with a warning
+    raw = base_raw()
+    raw["model"]["temperature"] = 0.2
+    with pytest.warns(DeprecationWarning, match="objective.temperature"):
+        cfg = load_config(write(tmp_path, raw))
+    assert cfg.objective.temperature == 0.2
+    raw["objective"] = {"temperature": 0.1}
+    with pytest.raises(ConfigError, match="moved to objective.temperature"):
+        load_config(write(tmp_path, raw))
 
 
 def test_unknown_model_name(tmp_path):

@@ -10,7 +10,7 @@ def test_movielens_preset_sizes():
     assert (fast.model.embedding_dim, fast.model.hidden, fast.model.output_dim) == (32, [], 32)
     full = movielens_config("/tmp/data", "/tmp/run", "full", train={"epochs": 3})
     assert (full.model.embedding_dim, full.model.hidden, full.model.output_dim) == (64, [256], 64)
-    assert full.train.epochs == 3 and full.model.temperature == fast.model.temperature == 0.05
+    assert full.train.epochs == 3 and full.objective.temperature == fast.objective.temperature == 0.05
     assert set(MOVIELENS_MODELS) == {"fast", "full"}
     # fast: 4096-row batches whose softmax runs over blocks of 1024; full: plain batches of 1024
     assert (fast.train.batch_size, fast.objective.in_batch_block) == (4096, 1024)

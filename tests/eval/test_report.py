@@ -79,14 +79,14 @@ def test_report_page_in_headless_chromium(dssm_run, tmp_path):
 def test_mobius_report_has_bad_cases_and_relevance_vs_cpm(tmp_path, sim_dir):
     from conftest import tiny_sections
     from twotower.eval.report import write_report
-    from twotower.mobius.pipeline import train_mobius_run
+    from twotower.pipeline import train_run
     from twotower.presets import mobius_simulator_config
 
     secs = tiny_sections(epochs=1)
     cfg = mobius_simulator_config(sim_dir, tmp_path / "mobius", **secs, objective={
         "name": "mobius", "mobius": {"bad_cases": "active", "teacher": "lexical",
                                      "max_bad_per_batch": 64, "warmup_steps": 5}})
-    train_mobius_run(cfg, overwrite=True)
+    train_run(cfg, overwrite=True)
     rep = write_report(tmp_path / "mobius", max_searches=100)
     assert {"mobius_bad_cases.png", "mobius_relevance_cpm.png"} <= set(rep.plots)
     mob = next(s for s in rep.sections if s.title == "MOBIUS")

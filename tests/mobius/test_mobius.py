@@ -13,15 +13,14 @@ from twotower.data.simulator import SimulatorConfig, simulate
 from twotower.errors import ConfigError, DataError
 from twotower.index.exact import exact_search
 from twotower.mobius.augment import cross_join, dedup_ids, dedup_rows, observed_mask
-from twotower.mobius.brw import brw_item_vectors, brw_rerank
-from twotower.mobius.evaluate import roc_auc
+from twotower.index.weights import brw_rerank, fold_weights
+from twotower.eval.simulator import roc_auc
 from twotower.mobius.sampler import sample_bad_cases
 from twotower.mobius.task import AD_KEY, QUERY_KEY, MobiusTask
 from twotower.mobius.teachers import LexicalTeacher, calibrate_threshold
 from twotower.models import build_model
 from twotower.models.mobius import BAD, Mobius, MobiusConfig
-from twotower.towers.embedding import FieldSpec
-from twotower.types import Batch
+from twotower.types import Batch, FieldSpec
 
 
 def schema():
@@ -42,12 +41,12 @@ def test_three_vectors_per_side_and_click_only_retrieval():
     assert m.class_logits(q, i[:3]).shape == (3, 3)
     assert m.class_logits_matrix(q, i).shape == (3, 4, 3)
     assert m.retrieval_query(q).shape == (3, 1, 32) and m.retrieval_item(i).shape == (4, 32)
-    # retrieval score == click-class logit x temperature
+    # retrieval score == click-class similarity (the objective divides by its temperature)
     s = (m.retrieval_query(q)[:, 0] @ m.retrieval_item(i).T)
-    assert torch.allclose(s / m.temperature, m.class_logits_matrix(q, i)[..., 0], atol=1e-5)
-    # the batched p(click) == the click entry of the per-pair 3-way softmax
-    ref = m.class_logits_matrix(q, i).softmax(-1)[..., 0]
-    assert torch.allclose(m.click_probability(q, i), ref, atol=1e-6)
+    assert torch.allclose(s, m.class_logits_matrix(q, i)[..., 0], atol=1e-5)
+    # the batched p(click) == the click entry of the per-pair 3-way softmax at that temperature
+    ref = (m.class_logits_matrix(q, i) / 0.1).softmax(-1)[..., 0]
+    assert torch.allclose(m.click_probability(q, i, 0.1), ref, atol=1e-6)
     c = m.contract()
     assert c["query_vectors"] == [0] and c["item_vector"] == 0 and c["classes"][2] == "bad"
 
@@ -140,7 +139,8 @@ def test_brw_mips_equals_exact_reweighting():
     g = torch.Generator().manual_seed(0)
     items, q = torch.randn(500, 16, generator=g), torch.randn(20, 16, generator=g)
     w = torch.rand(500, generator=g) * 10
-    _, mips = exact_search(torch.nn.functional.normalize(q, dim=-1), brw_item_vectors(items, w), 25)
+    folded = torch.from_numpy(fold_weights(items.numpy(), w.numpy(), normalize=True))
+    _, mips = exact_search(torch.nn.functional.normalize(q, dim=-1), folded, 25)
     _, ref = brw_rerank(q, items, w, 25)
     assert torch.equal(mips, ref)
 
@@ -191,32 +191,33 @@ def _cfg(sim, name, **mob):
 
 
 def test_missing_columns_error_before_training(sim, tmp_path):
-    from twotower.mobius.pipeline import train_mobius_run
+    from twotower.pipeline import train_run
 
     with pytest.raises(DataError, match="ad_text_missing"):
-        train_mobius_run(_cfg(sim, "r1", ad_text="ad_text_missing"), overwrite=True)
+        train_run(_cfg(sim, "r1", ad_text="ad_text_missing"), overwrite=True)
     with pytest.raises(DataError, match="BRW column 'price'"):
-        train_mobius_run(_cfg(sim, "r2", brw_column="price"), overwrite=True)
+        train_run(_cfg(sim, "r2", brw_column="price"), overwrite=True)
     assert not (sim / "r1" / "model.safetensors").exists()
     with pytest.raises(ConfigError, match="model.name: mobius"):
         cfg = _cfg(sim, "r3")
         cfg.model = ModelConfig()
-        train_mobius_run(cfg, overwrite=True)
+        train_run(cfg, overwrite=True)
 
 
 def test_mobius_end_to_end_mines_and_exports(sim):
-    """A tiny MOBIUS run trains end to end, mines bad cases, exports raw + BRW vectors."""
-    from twotower.mobius.pipeline import train_mobius_run
+    """A tiny MOBIUS run trains end to end, mines bad cases, exports its vectors and names its
+    business weight in the contract (the index folds it in)."""
+    from twotower.pipeline import train_run
 
     cfg = _cfg(sim, "mob_small", bad_cases="active", teacher="lexical", warmup_epochs=0,
                warmup_steps=10)
     cfg.train.epochs, cfg.train.max_steps = 2, 30
-    mob = train_mobius_run(cfg, overwrite=True)
+    mob = train_run(cfg, overwrite=True)
     assert mob.report["mobius"]["bad_cases_total"] > 0
     contract = json.loads((mob.run_dir / "contract.json").read_text())
-    assert contract["brw"]["column"] == "bid" and contract["query_vectors"] == [0]
-    assert (mob.run_dir / "embeddings" / "items_brw.parquet").is_file()
-    assert (mob.run_dir / "embeddings" / "items_brw.npy").is_file()
+    assert contract["brw_weight"] == "bid" and contract["query_vectors"] == [0]
+    assert (mob.run_dir / "embeddings" / "items.parquet").is_file()
+    assert contract["temperature"] == cfg.objective.temperature == 0.1
 
 
 @pytest.mark.skipif(not __import__("os").environ.get("TWOTOWER_SLOW"),
@@ -224,17 +225,15 @@ def test_mobius_end_to_end_mines_and_exports(sim):
 def test_mobius_end_to_end_cuts_bad_cases(sim):
     """MOBIUS retrieves fewer irrelevant ads than the same model trained on click/unclick only
     (seeded)."""
-    from twotower.mobius.evaluate import HeldOut, run_scores
-    from twotower.mobius.pipeline import train_mobius_run
+    from twotower.eval.simulator import HeldOut, run_scores
+    from twotower.pipeline import train_run
 
     held = HeldOut(sim / "data", 200)
-    ctr = train_mobius_run(_cfg(sim, "ctr", bad_cases="none"), overwrite=True)
-    mob = train_mobius_run(_cfg(sim, "mob", bad_cases="active", teacher="lexical"), overwrite=True)
+    ctr = train_run(_cfg(sim, "ctr", bad_cases="none"), overwrite=True)
+    mob = train_run(_cfg(sim, "mob", bad_cases="active", teacher="lexical"), overwrite=True)
     assert mob.report["mobius"]["bad_cases_total"] > 0
     m_ctr = held.metrics(run_scores(ctr.run_dir, held), [10])
     m_mob = held.metrics(run_scores(mob.run_dir, held), [10])
     assert 1 - m_mob["relevant@10"] < 1 - m_ctr["relevant@10"]
     contract = json.loads((mob.run_dir / "contract.json").read_text())
-    assert contract["brw"]["column"] == "bid" and contract["query_vectors"] == [0]
-    assert (mob.run_dir / "embeddings" / "items_brw.parquet").is_file()
-    assert (mob.run_dir / "embeddings" / "items_brw.npy").is_file()
+    assert contract["brw_weight"] == "bid" and contract["query_vectors"] == [0]

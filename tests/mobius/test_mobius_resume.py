@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from twotower.cli import app
 from twotower.data.simulator import SimulatorConfig, simulate
 from twotower.mobius import task as mobius_task
-from twotower.mobius.pipeline import train_mobius_run
+from twotower.pipeline import train_run
 from twotower.presets import mobius_simulator_config
 
 
@@ -37,7 +37,7 @@ def _cfg(data, run_dir):
 
 
 def test_interrupted_mobius_run_resumes_from_its_checkpoint(data, tmp_path, monkeypatch):
-    full = train_mobius_run(_cfg(data, tmp_path / "full"))
+    full = train_run(_cfg(data, tmp_path / "full"))
     total = full.train.steps
     assert total > 25 and full.report["mobius"]["bad_cases_total"] > 0
 
@@ -53,10 +53,10 @@ def test_interrupted_mobius_run_resumes_from_its_checkpoint(data, tmp_path, monk
 
     monkeypatch.setattr(mobius_task.MobiusTask, "loss", failing)
     with pytest.raises(RuntimeError, match="injected"):
-        train_mobius_run(_cfg(data, tmp_path / "part"))
+        train_run(_cfg(data, tmp_path / "part"))
     assert not (tmp_path / "part" / "model.safetensors").exists()
 
-    # resume through the CLI: the run folder's config.yaml picks the MOBIUS pipeline
+    # resume through the CLI: the run folder's config.yaml picks the MOBIUS recipe
     seen.clear()
     monkeypatch.setattr(mobius_task.MobiusTask, "loss",
                         lambda self, model, batch, step: seen.append(step) or
@@ -70,4 +70,4 @@ def test_interrupted_mobius_run_resumes_from_its_checkpoint(data, tmp_path, monk
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     report = json.loads((tmp_path / "part" / "report.json").read_text())
     assert report["mobius"]["bad_cases_total"] == full.report["mobius"]["bad_cases_total"]
-    assert (tmp_path / "part" / "embeddings" / "items_brw.npy").is_file()
+    assert json.loads((tmp_path / "part" / "contract.json").read_text())["brw_weight"] == "bid"

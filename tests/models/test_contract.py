@@ -14,7 +14,7 @@ import torch
 from twotower.config import ObjectiveConfig, TrainConfig
 from twotower.index.exact import exact_search
 from twotower.models import build_model, registered_models
-from twotower.objectives.tasks import RetrievalTask
+from twotower.objectives.tasks import build_task
 from twotower.train.checkpoint import load_weights, save_weights
 from twotower.train.trainer import Trainer
 
@@ -58,7 +58,7 @@ def test_shapes(name):
 @pytest.mark.parametrize("name", MODELS)
 def test_gradients_reach_both_towers(name):
     model = make(name)
-    task = RetrievalTask(ObjectiveConfig(logq_correction=False), item_id="item_id")
+    task = build_task(ObjectiveConfig(logq_correction=False), item_id="item_id")
     loss, _ = task.loss(model, batch_of(tiny_log(), 32), 0)
     loss.backward()
     tables = model.embedding.tables
@@ -103,7 +103,7 @@ def test_retrieval_vectors_rank_like_the_model(name):
 def test_trains_with_every_objective(name, objective):
     model = make(name)
     cfg = ObjectiveConfig(name=objective, uniform_negatives=8 if objective == "mixed_negatives" else 0)
-    task = RetrievalTask(cfg, corpus={k: v for k, v in item_table().items()}, item_id="item_id")
+    task = build_task(cfg, corpus={k: v for k, v in item_table().items()}, item_id="item_id")
     log = tiny_log(256, negatives=objective == "pointwise_bce")
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     trainer = Trainer(model, task, TrainConfig(epochs=2, batch_size=32, lr=0.01, progress=False,

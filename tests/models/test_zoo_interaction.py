@@ -1,4 +1,4 @@
-"""Defining behaviour of model zoo I: SENet, ResNet, Que2Search, DAT, parallel towers."""
+"""Defining behaviour of the interaction models: SENet, ResNet, Que2Search, DAT, parallel towers."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +7,9 @@ import torch
 
 from twotower.config import ObjectiveConfig, TrainConfig
 from twotower.models import build_model
-from twotower.models.dat import category_alignment_loss, mimic_loss
-from twotower.objectives.tasks import RetrievalTask
+from twotower.objectives.dat import dat_auxiliary_loss
+from twotower.objectives.losses import category_alignment_loss, mimic_loss
+from twotower.objectives.tasks import build_task
 from twotower.towers.cin import CIN
 from twotower.towers.cross import CrossNetwork
 from twotower.towers.fm import FMTower
@@ -29,7 +30,7 @@ def batch(n=32, negatives=False):
 
 
 def fit(model, steps_epochs=2, objective="in_batch_softmax"):
-    task = RetrievalTask(ObjectiveConfig(name=objective), item_id="item_id")
+    task = build_task(ObjectiveConfig(name=objective), item_id="item_id")
     Trainer(model, task, TrainConfig(epochs=steps_epochs, batch_size=32, lr=0.01, progress=False,
                                      device="cpu", early_stopping_patience=None)).fit(
         tiny_log(256, negatives=objective == "pointwise_bce"))
@@ -68,11 +69,11 @@ def test_senet_field_table_cli(tiny_config, tmp_path):
     from typer.testing import CliRunner
 
     from twotower.cli import app
-    from twotower.models.senet import mean_field_weights
+    from twotower.eval.fields import mean_field_weights
     from twotower.pipeline import train_run
 
     cfg = tiny_config(tmp_path / "senet", train={"epochs": 1}, model={"name": "senet"})
-    train_run(cfg, overwrite=True, quiet=True)
+    train_run(cfg, overwrite=True)
     weights = mean_field_weights(tmp_path / "senet")
     assert set(weights["query"]) == {"user_id", "query_text"}
     assert set(weights["item"]) == {"ad_id", "ad_title", "ad_category", "advertiser_id"}
@@ -134,7 +135,7 @@ def test_dat_mimic_loss_sends_no_gradient_into_the_towers():
     model = make("dat")
     b = batch()
     q, i = model.encode_query(b.query), model.encode_item(b.item)
-    aux, logs = model.auxiliary_loss(q, i, b)
+    aux, logs = dat_auxiliary_loss(model, q, i, b)
     assert aux > 0 and "mimic" in logs
     aux.backward()
     for tower in (model.query_tower, model.item_tower, model.embedding):
@@ -159,18 +160,18 @@ def test_dat_mimic_loss_is_on_positives_only():
     b = batch(negatives=True)
     q, i = model.encode_query(b.query), model.encode_item(b.item)
     b.label = torch.zeros_like(b.label)
-    aux, _ = model.auxiliary_loss(q, i, b)
+    aux, _ = dat_auxiliary_loss(model, q, i, b)
     assert aux == 0
 
 
 def test_dat_task_adds_the_auxiliary_loss():
     model = make("dat")
-    task = RetrievalTask(ObjectiveConfig(logq_correction=False), item_id="item_id")
+    task = build_task(ObjectiveConfig(logq_correction=False), item_id="item_id")
     b = batch()
     loss, logs = task.loss(model, b, 0)
     q, i = model.encode_query(b.query), model.encode_item(b.item)
-    base, _ = task._loss(model, b, 0, q, i)
-    aux, _ = model.auxiliary_loss(q, i, b)
+    base, _ = task.objective_loss(model, b, 0, q, i)
+    aux, _ = dat_auxiliary_loss(model, q, i, b)
     torch.testing.assert_close(loss, base + aux)
     assert "mimic" in logs
 
@@ -198,7 +199,7 @@ def test_dat_category_alignment_option_trains(tiny_config, tmp_path):
 
     cfg = tiny_config(tmp_path / "dat", train={"epochs": 1},
                       model={"name": "dat", "category_field": "ad_category"})
-    s = train_run(cfg, overwrite=True, quiet=True)
+    s = train_run(cfg, overwrite=True)
     assert np.isfinite(s.metrics["recall@20"])
     logs = [r for r in s.train.history if "category_alignment" in r]
     assert logs or s.train.steps < 50  # logged every 50 steps
@@ -215,7 +216,7 @@ def test_dat_rejects_a_bad_category_field():
 def test_parallel_uses_every_tower_type():
     model = make("parallel")
     assert list(model.query_side.towers) == ["mlp", "dcn", "fm", "cin"]
-    task = RetrievalTask(ObjectiveConfig(logq_correction=False), item_id="item_id")
+    task = build_task(ObjectiveConfig(logq_correction=False), item_id="item_id")
     loss, _ = task.loss(model, batch(), 0)
     loss.backward()
     for side in (model.query_side, model.item_side):
@@ -253,7 +254,7 @@ def test_parallel_retrieval_score_is_the_fused_score():
         served = model.retrieval_query(q)[:, 0] @ model.retrieval_item(i).T
         torch.testing.assert_close(served, fused)
         torch.testing.assert_close(model.logits(q, i),
-                                   (fused + model.fusion.bias) / model.temperature)
+                                   (fused + model.fusion.bias))
 
 
 def test_interaction_blocks():
@@ -276,5 +277,5 @@ def test_trains_end_to_end_on_the_simulator(name, tiny_config, tmp_path):
     from twotower.pipeline import train_run
 
     s = train_run(tiny_config(tmp_path / name, train={"epochs": 1}, model={"name": name}),
-                  overwrite=True, quiet=True)
+                  overwrite=True)
     assert np.isfinite(s.metrics["recall@20"]) and s.metrics["recall@20"] > 0

@@ -1,18 +1,15 @@
-"""Defining behaviours of Octopus, SINE, AttRec and MGDSPR (zoo III)."""
-import numpy as np
+"""Defining behaviours of Octopus, SINE, AttRec and MGDSPR ."""
 import torch
 
-from twotower.config import FeatureKind
 from twotower.models import build_model
 from twotower.models.attrec import AttRecConfig
 from twotower.models.mgdspr import MGDSPRConfig
 from twotower.models.octopus import OctopusConfig
 from twotower.models.sine import SINEConfig
 from twotower.towers.attention import CausalEncoder, ShortTermSelfAttention, last_items
-from twotower.towers.embedding import FieldSpec
 from twotower.towers.interests import ElasticArchives, SparseInterests
 from twotower.towers.metric import distance_item, distance_query
-from twotower.types import Side
+from twotower.types import FeatureKind, FieldSpec, Side
 
 E, N_ITEMS = 8, 40
 
@@ -110,7 +107,7 @@ def test_attrec_score_is_weighted_distance_and_short_term_reads_recent_items():
     for t in (long, short, v, xi):
         assert (t.norm(dim=-1) <= 1 + 1e-5).all()  # unit ball
     dist = 0.3 * torch.cdist(long, v) ** 2 + 0.7 * torch.cdist(short, xi) ** 2
-    assert torch.allclose(scores * model.temperature, -dist, atol=1e-4)
+    assert torch.allclose(scores, -dist, atol=1e-4)  # raw similarity (the objective scales it)
     # the diagonal of the affinity is masked: a sequence of one item attends to itself only,
     # two items attend only to each other
     att = ShortTermSelfAttention(E, 3)
@@ -182,6 +179,7 @@ def test_mgdspr_larger_temperature_gives_noisy_clicks_less_weight():
     (noisy, off-query ones) while the well-fitted clicks stop contributing; a larger tau weighs all
     clicks more alike, so the model follows the majority (relevant) pattern instead of each
     user's noisy clicks."""
+    from twotower.config import ObjectiveConfig
     from twotower.objectives.losses import in_batch_softmax
 
     torch.manual_seed(5)
@@ -195,7 +193,8 @@ def test_mgdspr_larger_temperature_gives_noisy_clicks_less_weight():
     for tau in (0.5, 1.0, 4.0, 16.0):
         model.cfg.relevance_temperature = tau
         q = torch.cat([clean, noisy]).unsqueeze(1).requires_grad_(True)
-        loss = in_batch_softmax(model.logits(q, items.unsqueeze(1)), torch.arange(b), None, None)
+        logits = model.logits(q, items.unsqueeze(1)) / ObjectiveConfig().temperature
+        loss = in_batch_softmax(logits, torch.arange(b), None, None)
         loss.backward()
         g = q.grad[:, 0].norm(dim=-1)
         shares.append(float(g[12:].sum() / g.sum()))
@@ -204,7 +203,7 @@ def test_mgdspr_larger_temperature_gives_noisy_clicks_less_weight():
 
 
 def test_mgdspr_mixed_hard_negatives_sit_between_positive_and_hard_negative():
-    from twotower.models.mgdspr import mixed_hard_negatives
+    from twotower.objectives.mgdspr import mgdspr_auxiliary_loss, mixed_hard_negatives
 
     torch.manual_seed(6)
     q = torch.nn.functional.normalize(torch.randn(8, E), dim=-1)
@@ -226,7 +225,8 @@ def test_mgdspr_mixed_hard_negatives_sit_between_positive_and_hard_negative():
     feats = {"user_id": torch.arange(2, 10), "query_text": torch.randint(2, 30, (8, 3)),
              "past_queries": torch.zeros(8, 1, dtype=torch.long)}
     batch = Batch(query=feats, item={"item_id": ids}, item_ids=ids)
-    loss, logs = model.auxiliary_loss(model.encode_query(feats), model.encode_item(batch.item), batch)
+    loss, logs = mgdspr_auxiliary_loss(model, model.encode_query(feats), model.encode_item(batch.item),
+                                       batch, 0.05)
     assert loss > 0 and "mixed_negative_loss" in logs
     loss.backward()
     assert model.embedding.tables["item_id"].weight.grad.abs().sum() > 0

@@ -8,18 +8,19 @@ from twotower.config import FeatureKind
 from twotower.data.movielens import cut_sessions, leave_one_out
 from twotower.index.exact import exact_search
 from twotower.models import build_model
-from twotower.models.comirec import ComiRecConfig, controllable_aggregate
+from twotower.models.comirec import ComiRecConfig
+from twotower.serve.aggregation import controllable_aggregate
 from twotower.models.mind import MindConfig
-from twotower.models.pdn import PDNConfig, item_to_item_table, path_retrieve
+from twotower.models.pdn import PDNConfig
+from twotower.serve.paths import item_to_item_table, path_retrieve
 from twotower.models.sdm import SDMConfig
 from twotower.models.youtubednn import SequenceModelConfig
 from twotower.objectives.tasks import build_task
 from twotower.config import ObjectiveConfig
 from twotower.towers.capsule import CapsuleRouting, dynamic_interest_count, squash
-from twotower.towers.embedding import FieldSpec
 from twotower.towers.gate import FusionGate
 from twotower.towers.sequence import label_aware_attention
-from twotower.types import Batch, Side
+from twotower.types import Batch, FieldSpec, Side
 
 N_ITEMS, E = 40, 8
 

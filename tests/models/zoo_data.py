@@ -10,8 +10,7 @@ import numpy as np
 
 from twotower.config import FeatureKind
 from twotower.features.dataset import EncodedLog
-from twotower.towers.embedding import FieldSpec
-from twotower.types import Side
+from twotower.types import FieldSpec, Side
 
 N_USERS, N_ITEMS, N_TAGS, N_WORDS = 40, 30, 12, 50
 DIM = 8

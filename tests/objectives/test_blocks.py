@@ -6,7 +6,7 @@ import torch
 from twotower.config import ObjectiveConfig
 from twotower.errors import ConfigError
 from twotower.objectives.losses import in_batch_softmax
-from twotower.objectives.tasks import RetrievalTask, blockwise
+from twotower.objectives.tasks import blockwise, build_task
 
 
 def _plain(q, i, ids, log_q, weight):
@@ -56,4 +56,4 @@ def test_a_block_as_large_as_the_batch_is_the_plain_softmax():
 
 def test_in_batch_block_belongs_to_the_in_batch_softmax():
     with pytest.raises(ConfigError, match="in_batch_block applies to in_batch_softmax"):
-        RetrievalTask(ObjectiveConfig(name="pointwise_bce", in_batch_block=8))
+        build_task(ObjectiveConfig(name="pointwise_bce", in_batch_block=8))

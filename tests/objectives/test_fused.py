@@ -66,8 +66,7 @@ def test_task_uses_fused_path_for_plain_models_with_the_same_result():
     from twotower.features.encoders import FIRST_ID
     from twotower.models import build_model
     from twotower.objectives import tasks
-    from twotower.towers.embedding import FieldSpec
-    from twotower.types import Batch, Side
+    from twotower.types import Batch, FieldSpec, Side
 
     schema = {"user_id": FieldSpec(FeatureConfig(name="u", side="query").kind, Side.QUERY, 20, "user_id", 8),
               "item_id": FieldSpec(FeatureConfig(name="i", side="item").kind, Side.ITEM, 20, "item_id", 8)}
@@ -80,5 +79,27 @@ def test_task_uses_fused_path_for_plain_models_with_the_same_result():
                   item_ids=items)
     fused, _ = task.loss(model, batch, 0)
     q, i = model.encode_query(batch.query), model.encode_item(batch.item)
-    plain = in_batch_softmax(model.logits(q, i), items)
+    plain = in_batch_softmax(model.logits(q, i) / task.temperature, items)
     assert torch.allclose(fused, plain, atol=1e-5)
+
+
+def test_a_model_overriding_logits_is_not_plain():
+    """The fused path reads q[:, 0] and i[:, 0] only: a model with its own scoring must not get it,
+    unless it declares ``plain_similarity``."""
+    from twotower.models import TwoTowerModel
+    from twotower.models.mind import MultiInterestModel
+    from twotower.models.parallel import ParallelTwoTower
+    from twotower.models.pdn import PDN
+    from twotower.objectives.tasks import uses_plain_logits
+
+    class Scaled(TwoTowerModel):
+        def logits(self, q, i):
+            return 2 * super().logits(q, i)
+
+    class Declared(Scaled):
+        plain_similarity = True
+
+    assert TwoTowerModel.plain_similarity and not Scaled.plain_similarity and Declared.plain_similarity
+    for cls in (MultiInterestModel, ParallelTwoTower):
+        assert not cls.plain_similarity
+    assert PDN.scores_are_logits and not uses_plain_logits(PDN.__new__(PDN))

@@ -21,7 +21,8 @@ from twotower.errors import ArtifactError
 from twotower.features.feature_set import FeatureSet, feature_schema
 from twotower.models import build_model
 from twotower.objectives.tasks import build_task
-from twotower.pipeline import RunData, train_run
+from twotower.pipeline import train_run
+from twotower.runs import RunData
 from twotower.run import RunDir
 from twotower.train.checkpoint import list_checkpoints
 from twotower.train.trainer import Trainer
@@ -58,10 +59,10 @@ def build(cfg, run_dir: Path | None):
 
 
 def test_seeded_determinism_in_one_process(tiny_config, tmp_path):
-    a = train_run(tiny_config(tmp_path / "a", train={"epochs": 1}), quiet=True)
-    b = train_run(tiny_config(tmp_path / "b", train={"epochs": 1}), quiet=True)
+    a = train_run(tiny_config(tmp_path / "a", train={"epochs": 1}))
+    b = train_run(tiny_config(tmp_path / "b", train={"epochs": 1}))
     assert_same_weights(RunDir(a.run_dir).weights, RunDir(b.run_dir).weights)
-    c = train_run(tiny_config(tmp_path / "c", train={"epochs": 1, "seed": 1}), quiet=True)
+    c = train_run(tiny_config(tmp_path / "c", train={"epochs": 1, "seed": 1}))
     assert not np.array_equal(weights(RunDir(a.run_dir).weights)["embedding.tables.ad_id.weight"],
                               weights(RunDir(c.run_dir).weights)["embedding.tables.ad_id.weight"])
 
@@ -108,7 +109,7 @@ def test_kill_and_resume_from_cli(tiny_config, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     from twotower.config import load_config
 
-    train_run(load_config(config_file("full")), quiet=True)  # uninterrupted, in this process
+    train_run(load_config(config_file("full")))  # uninterrupted, in this process
     killed = tmp_path / "killed"
     proc = subprocess.Popen([str(TWOTOWER), "train", str(config_file("killed"))], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -175,7 +176,7 @@ def test_early_stopping_after_patience(tiny_config, tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_amp_train_evaluate_and_cpu_reload(tiny_config, tmp_path):
-    from twotower.pipeline import load_model
+    from twotower.runs import load_model
 
     summary = train_run(tiny_config(tmp_path / "run", train={"epochs": 2, "device": "cuda",
                                                              "amp": True}))

@@ -344,9 +344,6 @@ class SimulatorTruth:
         rel = self._topic_part(q[:, None], a[None, :]) + self.relevance_weights[2] * overlap
         return np.clip(rel, 0.0, 1.0)
 
-    def is_relevant(self, query_ids, ad_ids) -> np.ndarray:
-        return self.relevance(query_ids, ad_ids) >= self.relevance_threshold
-
     # -- CTR and bids --------------------------------------------------------------------------
     def _ctr_logit(self, rel: np.ndarray, u: np.ndarray, a: np.ndarray) -> np.ndarray:
         b0, b1, b2, b3 = self.ctr_coef

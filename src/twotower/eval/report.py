@@ -60,7 +60,7 @@ class _Run:
     """What the sections read, loaded lazily and once (the model only if a section needs it)."""
 
     def __init__(self, run_dir: Path):
-        from twotower.pipeline import load_run_config
+        from twotower.runs import load_run_config
 
         self.dir = RunDir(run_dir)
         if not self.dir.config.is_file():
@@ -98,7 +98,7 @@ class _Run:
         return self._get("metrics", read)
 
     def model(self):
-        from twotower.pipeline import load_model
+        from twotower.runs import load_model
 
         return self._get("model", lambda: load_model(self.dir))
 
@@ -108,7 +108,7 @@ class _Run:
         return self._get("features", lambda: FeatureSet.load(self.dir.features))
 
     def data(self):
-        from twotower.pipeline import RunData
+        from twotower.runs import RunData
 
         return self._get("data", lambda: RunData(self.cfg, self.features()))
 
@@ -123,7 +123,7 @@ class _Run:
     def requests(self, max_requests: int):
         """(split, evaluation requests, at most ``max_requests`` of them, seeded sample)."""
         def make():
-            from twotower.eval.offline import _subset
+            from twotower.features.requests import _subset
 
             for split in ("test", "valid"):
                 req = self.data().requests(split, self.corpus())
@@ -306,13 +306,14 @@ def mobius_section(run: _Run, out: Path, max_searches: int) -> Section | None:
         sec.notes.append(f"relevant@K / CPM@K need the simulator's truth ({data_dir}/truth.npz); "
                          "this log is not a simulated one")
         return sec
-    from twotower.mobius.evaluate import HeldOut, run_scores, teacher_scores
+    from twotower.eval.simulator import HeldOut, run_scores, teacher_scores
+    from twotower.runs import read_contract
     from twotower.mobius.teachers import LexicalTeacher
 
     held = HeldOut(data_dir, max_searches)
     ks = sorted(run.cfg.eval.ks)
     methods: dict[str, dict] = {f"{run.dir.root.name} (this run)": held.metrics(run_scores(run.dir.root, held), ks)}
-    if (run.dir.embeddings / "items_brw.parquet").is_file():
+    if read_contract(run.dir.root).get("brw_weight"):  # served with its business weight
         methods[f"{run.dir.root.name} + BRW"] = held.metrics(run_scores(run.dir.root, held, brw=True), ks)
     methods["relevance only (lexical teacher)"] = held.metrics(teacher_scores(LexicalTeacher(), held), ks)
     for other in _sibling_runs(run):
@@ -334,7 +335,7 @@ def mobius_section(run: _Run, out: Path, max_searches: int) -> Section | None:
 def _sibling_runs(run: _Run) -> list[Path]:
     """Other trained runs in the same parent folder on the same training log (the baselines
     ``bench/mobius.py`` and ``twotower demo`` train side by side)."""
-    from twotower.pipeline import load_run_config
+    from twotower.runs import load_run_config
 
     out = []
     parent = run.dir.root.resolve().parent

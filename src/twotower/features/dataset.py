@@ -21,6 +21,11 @@ from twotower.types import Batch, Side
 SPLIT_NAMES = ("train", "valid", "test")
 
 
+def as_tensors(enc: Encoded, rows: np.ndarray | slice = slice(None)) -> dict[str, torch.Tensor]:
+    """Encoded NumPy columns (the ``rows`` of each) -> tensors a tower takes."""
+    return {k: torch.from_numpy(np.ascontiguousarray(v[rows])) for k, v in enc.items()}
+
+
 def _take(enc: Encoded, idx: np.ndarray) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(v[idx]) for k, v in enc.items()}
 
@@ -192,7 +197,7 @@ class ItemCorpus:
         return np.asarray(pos.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
 
     def tensors(self, rows: np.ndarray | slice = slice(None)) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(np.ascontiguousarray(v[rows])) for k, v in self.features.items()}
+        return as_tensors(self.features, rows)
 
 
 def build_corpus(tables: list[pa.Table], features: FeatureSet) -> ItemCorpus:
@@ -204,15 +209,15 @@ def build_corpus(tables: list[pa.Table], features: FeatureSet) -> ItemCorpus:
     """
     cols = features.columns(Side.ITEM)
     table = pa.concat_tables([t.select(cols) for t in tables]) if len(tables) > 1 else tables[0].select(cols)
-    id_col = table[features.configs[features.item_id].source].combine_chunks()
+    id_col = table[features.item_column].combine_chunks()
     table = table.filter(pc.is_valid(id_col))
-    id_col = table[features.configs[features.item_id].source].combine_chunks()
+    id_col = table[features.item_column].combine_chunks()
     codes = np.asarray(pc.index_in(id_col, value_set=pc.unique(id_col)).to_numpy(zero_copy_only=False))
     _, first = np.unique(codes, return_index=True)
     first = np.sort(first)
     rows = table.take(pa.array(first))
     enc = features.encode(rows, Side.ITEM, count=False)
-    return ItemCorpus(rows[features.configs[features.item_id].source].combine_chunks(),
+    return ItemCorpus(rows[features.item_column].combine_chunks(),
                       enc[features.item_id], enc)
 
 

@@ -9,13 +9,13 @@ from typing import Iterable
 import numpy as np
 import pyarrow as pa
 
-from twotower.config import FeatureConfig, FeatureKind
+from twotower.config import FeatureConfig
 from twotower.errors import ArtifactError, DataError
 from twotower.features.encoders import (CategoricalEncoder, FeatureEncoder, Vocabulary,
-                                        build_encoders, encoder_state)
+                                        build_encoders, encoder_state, vocab_root)
 from twotower.progress import progress
 from twotower.run import FORMAT_VERSION, atomic_write_json
-from twotower.types import Side
+from twotower.types import FeatureKind, FieldSpec, Side
 
 #: Encoded columns: feature name -> int64 [B] / int64 [B, L] / float32 [B]
 Encoded = dict[str, np.ndarray]
@@ -41,8 +41,9 @@ class FeatureSet:
         return self.names(Side.QUERY)
 
     @property
-    def item_features(self) -> list[str]:
-        return self.names(Side.ITEM)
+    def item_column(self) -> str:
+        """The column holding the raw item id (what exports and indexes key items by)."""
+        return self.configs[self.item_id].source
 
     def columns(self, side: Side | None = None) -> list[str]:
         names = self.configs if side is None else self.names(side)
@@ -112,9 +113,6 @@ class FeatureSet:
         vocab = self.encoders[self.item_id].vocab
         return vocab.lookup(pa.array(ids) if isinstance(ids, list) else ids)
 
-    def item_vocabulary(self) -> Vocabulary:
-        return self.encoders[self.item_id].vocab
-
     def report(self) -> dict:
         return {
             "rows_encoded": self.rows_encoded,
@@ -155,16 +153,10 @@ class FeatureSet:
         fs.fitted = True
         return fs
 
-    def dims(self) -> dict[str, tuple[FeatureKind, int]]:
-        """Feature name -> (kind, embedding rows) for building the towers."""
-        return {n: (self.configs[n].kind, self.encoders[n].cardinality) for n in self.configs}
 
 
-def feature_schema(fs: FeatureSet, default_dim: int):
+def feature_schema(fs: FeatureSet, default_dim: int) -> dict[str, FieldSpec]:
     """The model-facing description of ``fs``: kind, side, table and size of every feature."""
-    from twotower.features.encoders import vocab_root
-    from twotower.towers.embedding import FieldSpec
-
     schema = {}
     for name, f in fs.configs.items():
         kind = f.kind

@@ -31,15 +31,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from twotower.errors import ArtifactError, ConfigError, DataError
+from twotower.index.weights import fold_weights
 from twotower.progress import chunk_starts
 from twotower.run import RunDir, atomic_write_dir, atomic_write_text, read_json_artifact
 
 INDEX_FORMAT_VERSION = 1
 KINDS = ("flat", "hnsw", "ivf-flat", "ivf-pq", "opq", "sq8", "fp16")
 
-#: Defaults chosen from bench/index.py (README "Index and serve"). ``nlist=None`` = 4·√N;
-#: ``pq_m=None`` = D/2 sub-quantisers (2 dims each): on 1M low-rank 64-d vectors it lifts
-#: recall@100 from 0.73 (ivf-pq) / 0.87 (opq) with 16 to 0.90 / 0.91, at 49 instead of 33 bytes.
+#: Defaults chosen from bench/index.py (figures: README "Index and serving", bench/results/index.json).
+#: ``nlist=None`` = 4·√N; ``pq_m=None`` = D/2 sub-quantisers (2 dims each): higher recall than 16
+#: at 49 instead of 33 bytes per vector.
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "flat": {},
     "hnsw": {"M": 32, "ef_construction": 40, "ef_search": 64},
@@ -52,7 +53,7 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
 #: Contract fields the index depends on: a run whose contract differs in any is refused.
 CONTRACT_KEYS = ("metric", "normalized", "query_vectors", "item_vector", "dim", "merge",
                  "weights_sha256", "brw_weight")
-EXACT_SCAN_MIN_QUERIES = 8  # flat: from here twotower's scan wins (1M x 64: 2.4x FAISS at 16 queries, 0.7x at 4)
+EXACT_SCAN_MIN_QUERIES = 8  # flat: from here twotower's scan beats FAISS's (bench/index.py, README)
 TRAIN_SAMPLE = 131_072  # vectors used to train coarse / product quantisers (at least 39 per list)
 
 
@@ -126,21 +127,6 @@ def apply_search_params(index, kind: str, p: dict) -> None:
         ps.set_index_parameter(index, "nprobe", int(p["nprobe"]))
 
 
-def fold_weights(vectors: np.ndarray, weights: np.ndarray | None, normalize: bool) -> np.ndarray:
-    """``normalize(x) * w`` (MOBIUS BRW folded into the vectors): MIPS then ranks by cos·w."""
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
-    if normalize:
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    if weights is not None:
-        w = np.asarray(weights, dtype=np.float32).reshape(-1)
-        if w.shape[0] != x.shape[0]:
-            raise DataError(f"{w.shape[0]} weights for {x.shape[0]} item vectors")
-        if not np.all(np.isfinite(w)) or np.any(w < 0):
-            raise DataError("business weights must be finite and non-negative")
-        x = x * w[:, None]
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
 def _new_faiss_index(kind: str, p: dict, dim: int, train: np.ndarray):
     faiss = _faiss()
     inner = faiss.index_factory(dim, _factory_string(kind, p, dim), faiss.METRIC_INNER_PRODUCT)
@@ -181,8 +167,9 @@ class VectorIndex:
         """(scores [Q, K], labels [Q, K]); label -1 = no result (fewer than K items).
 
         ``flat`` answers batches with twotower's pruned exact scan over FAISS's own storage (same
-        result as ``IndexFlatIP``, ~5x its queries/s at 1,000 queries; bench/index.py measures
-        both); a few queries are bound by reading the corpus, where FAISS's SIMD scan is faster."""
+        result as ``IndexFlatIP``, several times its queries/s on large batches; bench/index.py
+        measures both); a few queries are bound by reading the corpus, where FAISS's SIMD scan is
+        faster."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
         k = max(1, min(int(k), self.count))
         if self.kind == "flat" and self.count and len(q) >= EXACT_SCAN_MIN_QUERIES:

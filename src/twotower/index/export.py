@@ -1,12 +1,17 @@
-"""Export embeddings with their original ids (Parquet + .npy) for any external tool."""
+"""Embeddings: the retrieval vectors of items and queries, exported with their original ids
+(Parquet + .npy) for the index and any external tool."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from twotower.data.readers import write_parquet
+from twotower.features.dataset import ItemCorpus, as_tensors
+from twotower.features.feature_set import Encoded
+from twotower.progress import chunk_starts
 from twotower.run import atomic_write
 
 
@@ -34,3 +39,28 @@ def read_vectors(path: str | Path) -> tuple[pa.Array, np.ndarray]:
     vec = t["vector"].combine_chunks()
     d = vec.type.list_size
     return t.column(0).combine_chunks(), vec.flatten().to_numpy().reshape(-1, d)
+
+
+@torch.no_grad()
+def encode_corpus(model, corpus: ItemCorpus, batch_size: int = 4096,
+                  device: str | torch.device = "cpu") -> torch.Tensor:
+    """Retrieval vectors of every corpus item: [N, D]."""
+    model.eval()
+    out = []
+    for start in chunk_starts(len(corpus), batch_size, "encoding items", "item"):
+        feats = {k: v.to(device) for k, v in corpus.tensors(slice(start, start + batch_size)).items()}
+        out.append(model.retrieval_item(model.encode_item(feats)).float())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_queries(model, query: Encoded, batch_size: int = 4096,
+                   device: str | torch.device = "cpu") -> torch.Tensor:
+    """Retrieval vectors of every request: [R, Vq, D]."""
+    model.eval()
+    n = len(next(iter(query.values())))
+    out = []
+    for start in chunk_starts(n, batch_size, "encoding queries", "query"):
+        feats = {k: v.to(device) for k, v in as_tensors(query, slice(start, start + batch_size)).items()}
+        out.append(model.retrieval_query(model.encode_query(feats)).float())
+    return torch.cat(out)

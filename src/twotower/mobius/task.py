@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from twotower.config import MobiusObjectiveConfig
@@ -19,6 +18,7 @@ from twotower.errors import ConfigError
 from twotower.mobius.augment import dedup_ids, dedup_rows, observed_mask
 from twotower.mobius.sampler import sample_bad_cases, sample_uniform
 from twotower.models.mobius import BAD, CLICK, UNCLICK
+from twotower.objectives.losses import class_softmax_loss
 from twotower.types import Batch
 
 QUERY_KEY, AD_KEY = "mobius_query_key", "mobius_ad_key"
@@ -32,8 +32,9 @@ class MobiusTask(nn.Module):
     positives_only = False
 
     def __init__(self, cfg: MobiusObjectiveConfig, teacher=None, threshold: float | None = None,
-                 warmup_steps: int = 0, seed: int = 0):
+                 warmup_steps: int = 0, seed: int = 0, temperature: float = 0.05):
         super().__init__()
+        self.temperature = temperature  # the objective's (objective.temperature)
         if cfg.bad_cases == "active" and teacher is None:
             raise ConfigError("objective.mobius: active bad-case mining needs a relevance teacher")
         self.cfg = cfg
@@ -59,14 +60,15 @@ class MobiusTask(nn.Module):
         else:
             if QUERY_KEY not in batch.extra or AD_KEY not in batch.extra:
                 raise ConfigError("MOBIUS batches need teacher keys in batch.extra "
-                                  f"({QUERY_KEY!r}, {AD_KEY!r}); train with train_mobius_run")
+                                  f"({QUERY_KEY!r}, {AD_KEY!r}); train with objective.name: mobius")
             rel = self.teacher.score(batch.extra[QUERY_KEY][q_first],
                                      batch.extra[AD_KEY][a_first]).to(q.device)  # [m, n]
             lowmask = (rel < self.threshold) & ~observed_mask(q_inv, a_inv, m, n)
             cand = lowmask.flatten().nonzero().squeeze(1)  # [C]
             low = int(cand.numel())
             with torch.no_grad():  # the student's CTR on the low-relevance pairs
-                ctr = model.click_probability(q[q_first].detach(), i[a_first].detach()).flatten()[cand]
+                ctr = model.click_probability(q[q_first].detach(), i[a_first].detach(),
+                                              self.temperature).flatten()[cand]
             pick = cand[sample_bad_cases(ctr, cap, self.cfg.ctr_temperature, self.generator)]
         return q_first[pick // n], a_first[pick % n], {"pairs": float(m * n), "low_relevance": float(low)}
 
@@ -76,23 +78,20 @@ class MobiusTask(nn.Module):
         q = model.encode_query(batch.query)  # [B, V, D]
         i = model.encode_item(batch.item)  # [B, V, D]
         target = torch.where(batch.label > 0, CLICK, UNCLICK).long()
-        ce = F.cross_entropy(model.class_logits(q, i), target, reduction="none")  # [B]
-        w = batch.weight if batch.weight is not None else torch.ones_like(ce)
-        total, count = (ce * w).sum(), w.sum()
+        logits = model.class_logits(q, i) / self.temperature  # [B, V]
+        bad_logits = None
         logs: dict[str, float] = {}
         if self.cfg.bad_cases != "none" and step >= self.warmup_steps:
             t0 = time.perf_counter()
             qr, ir, logs = self.mine(model, batch, q, i)
             self.mining_seconds += time.perf_counter() - t0
             if qr.numel():
-                bad = model.class_logits(q[qr], i[ir])  # [P, V], with gradient
-                ce_bad = F.cross_entropy(bad, torch.full_like(qr, BAD), reduction="none")
-                total = total + self.cfg.bad_weight * ce_bad.sum()
-                count = count + self.cfg.bad_weight * qr.numel()
+                bad_logits = model.class_logits(q[qr], i[ir]) / self.temperature  # [P, V]
             self.bad_cases_total += int(qr.numel())
             self.mining_steps += 1
             logs["bad_cases"] = float(qr.numel())
-        return total / count.clamp_min(1e-12), logs
+        return class_softmax_loss(logits, target, batch.weight, bad_logits, BAD,
+                                  self.cfg.bad_weight), logs
 
     def get_extra_state(self) -> dict:
         # the sampler's generator (exact resumption) and the report's running totals

@@ -4,13 +4,11 @@ Cen et al., KDD 2020. Two multi-interest extractors over the behaviour sequence 
 (self-attentive: A = softmax(W2 tanh(W1 H^T)), V = A H) and ComiRec-DR (dynamic routing with one
 bilinear map per interest) — trained with the interest closest to the target (hard label-aware
 attention, p -> inf; ``hard_attention: false`` uses MIND's soft attention instead), served with
-the K interests searched and merged. ``controllable_aggregate`` is the paper's aggregation module:
-from the merged candidates it greedily picks the items maximising
-Q(u, S) = sum_{i in S} f(u, i) + lambda * sum_{i != j in S} g(i, j), g = category diversity.
+the K interests searched and merged. The paper's controllable aggregation of the merged candidates
+is a serving step: ``serve.aggregation.controllable_aggregate``.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from pydantic import Field
 
@@ -85,44 +83,3 @@ class ComiRecDR(_ComiRec):
             filler = torch.cat([first, torch.zeros_like(out[:1, 1:])], 1)
             out = torch.where(empty[:, None, None], filler.expand_as(out), out)
         return out
-
-
-def _diversity(cats: np.ndarray) -> np.ndarray:
-    """Pairwise g(i, j) in [0, 1] for one request: [C] category ids -> 1 - [c_i == c_j];
-    [C, G] multi-hot genre sets -> Jaccard distance."""
-    if cats.ndim == 1:
-        return (cats[:, None] != cats[None, :]).astype(np.float64)
-    a = cats.astype(np.float64)
-    inter = a @ a.T
-    union = a.sum(1)[:, None] + a.sum(1)[None, :] - inter
-    return np.where(union > 0, 1.0 - inter / np.maximum(union, 1e-12), 0.0)
-
-
-def controllable_aggregate(scores: np.ndarray, categories: np.ndarray, n: int,
-                           lam: float) -> np.ndarray:
-    """ComiRec's controllable aggregation (greedy maximisation of Q(u, S)).
-
-    ``scores`` [B, C]: f(u, i) of each merged candidate (max over the interests; -inf = none),
-    ``categories`` [B, C] category ids or [B, C, G] multi-hot genres, ``n`` items to return,
-    ``lam`` >= 0 the accuracy/diversity trade-off. Returns candidate positions [B, n] in pick
-    order (-1 where fewer than n candidates). lam = 0 gives the pure accuracy (score) order.
-    Vectorised over the requests; one step per picked item.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    b, c = scores.shape
-    n = min(n, c)
-    cats = np.asarray(categories)
-    g = np.stack([_diversity(cats[r]) for r in range(b)]) if b else np.zeros((0, c, c))  # [B, C, C]
-    gain = np.zeros((b, c))
-    chosen = np.zeros((b, c), dtype=bool)
-    out = np.full((b, n), -1, dtype=np.int64)
-    rows = np.arange(b)
-    available = np.isfinite(scores)
-    for step in range(n):
-        obj = np.where(available & ~chosen, scores + lam * gain, -np.inf)
-        pick = obj.argmax(1)
-        ok = np.isfinite(obj[rows, pick])
-        out[ok, step] = pick[ok]
-        chosen[rows[ok], pick[ok]] = True
-        gain[ok] += g[rows[ok], pick[ok]]  # g(i, j) of every candidate with the new pick
-    return out

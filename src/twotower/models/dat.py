@@ -8,7 +8,8 @@ on positive pairs only, with a stop-gradient on the target, so the towers' outpu
 toward the augmented vectors: information about the other side flows in only through ``a``.
 The optional **category alignment** loss (``category_field``) matches the covariance of the item
 vectors of the batch's major category with that of each minor category (Frobenius distance), to
-transfer what is learned on data-rich categories to sparse ones.
+transfer what is learned on data-rich categories to sparse ones. Both losses are functions in
+``objectives.losses``, added to every objective by ``objectives.auxiliary``.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from twotower.errors import ConfigError
 from twotower.models.base import TwoTowerModel, register
 from twotower.towers.embedding import FeatureSchema
 from twotower.towers.mlp import MLP, l2_normalize
-from twotower.types import Batch, Features, Side
+from twotower.types import Features, Side
 
 _ID_KINDS = (FeatureKind.CATEGORICAL, FeatureKind.HASHED)
 
@@ -49,37 +50,6 @@ def _pick_key(schema: FeatureSchema, names: list[str], key: str | None, what: st
             return n
     raise ConfigError(f"model.{what}: DAT needs a categorical feature on that side to key the "
                       "augmented vectors")
-
-
-def mimic_loss(augmented: torch.Tensor, target: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-    """Mean squared distance of ``augmented`` [B, D] to ``stop_gradient(target)`` over positives."""
-    d = (augmented - target.detach()).pow(2).sum(-1)  # [B]
-    pos = positive.to(d.dtype)
-    return (d * pos).sum() / pos.sum().clamp_min(1.0)
-
-
-def category_alignment_loss(vectors: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
-    """sum over minor categories c of ||Cov(major) - Cov(c)||_F^2 / D^2 (vectorised, no loop).
-
-    The major category is the batch's most frequent one; categories with fewer than 2 items have
-    no covariance and are skipped."""
-    uniq, inv, counts = torch.unique(category, return_inverse=True, return_counts=True)
-    if len(uniq) < 2:
-        return vectors.new_zeros(())
-    x = vectors.float()
-    onehot = torch.zeros(len(x), len(uniq), device=x.device, dtype=x.dtype)
-    onehot[torch.arange(len(x), device=x.device), inv] = 1.0
-    n = counts.to(x.dtype)  # [C]
-    mean = (onehot.T @ x) / n[:, None]  # [C, D]
-    second = torch.einsum("bc,bd,be->cde", onehot, x, x)  # [C, D, D]
-    cov = (second - n[:, None, None] * mean[:, :, None] * mean[:, None, :]) / (n - 1).clamp_min(1)[:, None, None]
-    major = int(torch.argmax(counts))
-    valid = counts >= 2
-    valid[major] = False
-    if counts[major] < 2 or not bool(valid.any()):
-        return vectors.new_zeros(())
-    diff = (cov[major][None] - cov[valid]).pow(2).sum(dim=(1, 2))
-    return diff.sum() / x.shape[1] ** 2
 
 
 @register("dat", DATConfig)
@@ -114,19 +84,3 @@ class DualAugmentedTwoTower(TwoTowerModel):
         x = torch.cat(self.embedding(features, self.item_fields)
                       + [self.augmented(features, Side.ITEM)], dim=-1)
         return l2_normalize(self.item_tower(x)).unsqueeze(1)
-
-    def auxiliary_loss(self, q: torch.Tensor, i: torch.Tensor, batch: Batch
-                       ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Adaptive-mimic (+ category alignment) for row-aligned pairs q [B, V, D], i [B, V, D]."""
-        positive = (batch.label > 0) if batch.label is not None else torch.ones(
-            len(q), dtype=torch.bool, device=q.device)
-        a_u = self.augmented(batch.query, Side.QUERY)
-        a_v = self.augmented(batch.item, Side.ITEM)
-        mimic = mimic_loss(a_u, i[:, 0], positive) + mimic_loss(a_v, q[:, 0], positive)
-        total = self.cfg.mimic_weight * mimic
-        logs = {"mimic": float(mimic.detach())}
-        if self.cfg.category_field is not None:
-            ca = category_alignment_loss(i[:, 0], batch.item[self.cfg.category_field])
-            total = total + self.cfg.category_weight * ca
-            logs["category_alignment"] = float(ca.detach())
-        return total, logs

@@ -12,13 +12,12 @@ for relevance (matching the query): the model's own ``relevance_temperature`` ta
 scores (a larger tau smooths the fit of noisy clicks: more relevant, less personal), and
 ``hard_negatives`` > 0 adds relevance-improving noise negatives, I_mix = alpha I+ +
 (1 - alpha) I_hard with alpha ~ U(mix_alpha) and I_hard the row's top in-batch negatives,
-scored in a softmax with the positive (``auxiliary_loss``; the paper appends them to the main
+scored in a softmax with the positive (``objectives.mgdspr``; the paper appends them to the main
 softmax, whose denominator the objective owns here).
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from twotower.config import FeatureKind, ModelConfig
@@ -29,7 +28,7 @@ from twotower.towers.embedding import FeatureSchema
 from twotower.towers.mlp import MLP, l2_normalize
 from twotower.towers.query_units import ClsFusion, MultiGranularQuery, QueryAttendedSpans
 from twotower.towers.sequence import embed_sequence
-from twotower.types import Batch, Features
+from twotower.types import Features
 
 
 class MGDSPRConfig(ModelConfig):
@@ -107,40 +106,13 @@ class MGDSPR(UserSideMixin, TwoTowerModel):
         x = torch.cat(self.embedding(features, self.item_fields), dim=-1)
         return l2_normalize(self.item_tower(x)).unsqueeze(1)
 
-    # ---- relevance control: the model's own temperature and mixed hard negatives
+    # ---- relevance control: the model's own temperature on top of the objective's
     def logits(self, q: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         return super().logits(q, i) / self.cfg.relevance_temperature
 
     def pair_logits(self, q: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         return super().pair_logits(q, i) / self.cfg.relevance_temperature
 
-    def auxiliary_loss(self, q: torch.Tensor, i: torch.Tensor, batch: Batch):
-        n = min(self.cfg.hard_negatives, q.shape[0] - 1)
-        if n <= 0 or self.cfg.hard_negative_weight == 0:
-            return q.new_zeros(()), {}
-        mixed = mixed_hard_negatives(q[:, 0], i[:, 0], batch.item_ids, n, self.cfg.mix_alpha)
-        pos = self.pair_logits(q, i).unsqueeze(1)
-        neg = self.logits_of(torch.einsum("bd,bnd->bn", q[:, 0], mixed))
-        loss = F.cross_entropy(torch.cat([pos, neg], 1), torch.zeros_like(batch.item_ids))
-        return self.cfg.hard_negative_weight * loss, {"mixed_negative_loss": float(loss.detach())}
-
-    def logits_of(self, similarity: torch.Tensor) -> torch.Tensor:
-        """Scores of raw cosine similarities, scaled as ``logits`` scales them."""
-        return similarity / (self.temperature * self.cfg.relevance_temperature)
-
     def contract(self) -> dict:
         return {**super().contract(), "granularities": self.units.names,
                 "relevance_temperature": self.cfg.relevance_temperature}
-
-
-def mixed_hard_negatives(q: torch.Tensor, i: torch.Tensor, item_ids: torch.Tensor, n: int,
-                         alpha_range: tuple[float, float]) -> torch.Tensor:
-    """MGDSPR's relevance-improving negatives: for each row of q [B, D] (positives i [B, D]), its
-    ``n`` highest-scored in-batch items that are not its positive (``item_ids`` [B]), each mixed
-    with the positive: normalize(alpha i+ + (1 - alpha) i_hard), alpha ~ U(alpha_range) -> [B, n, D]."""
-    same = item_ids.unsqueeze(1) == item_ids.unsqueeze(0)  # the positive and accidental hits
-    with torch.no_grad():
-        hard = (q @ i.T).masked_fill(same, float("-inf")).topk(n, dim=1).indices  # [B, n]
-    a, b = alpha_range
-    alpha = torch.rand(q.shape[0], n, 1, device=q.device) * (b - a) + a
-    return l2_normalize(alpha * i.unsqueeze(1) + (1 - alpha) * i[hard])

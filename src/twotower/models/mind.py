@@ -42,14 +42,14 @@ class MultiInterestModel(TwoTowerModel):
     def logits(self, q: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         valid = q.abs().sum(-1) > 0  # [B, K]
         return label_aware_logits(q, i[:, 0], self.cfg.label_attention_power,
-                                  self.cfg.hard_attention, valid) / self.temperature
+                                  self.cfg.hard_attention, valid)
 
     def pair_logits(self, q: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         valid = q.abs().sum(-1) > 0
         # row-aligned pairs: the diagonal of ``logits``, one item per row
         s = torch.einsum("bkd,bd->bk", q, i[:, 0])
         w = label_aware_weights(s, valid, self.cfg.label_attention_power, self.cfg.hard_attention)
-        return (w * s).sum(-1) / self.temperature
+        return (w * s).sum(-1)
 
     def retrieval_query(self, q: torch.Tensor) -> torch.Tensor:
         valid = (q.abs().sum(-1) > 0).unsqueeze(-1)

@@ -2,8 +2,9 @@
 
 Fan et al., "MOBIUS: Towards the Next Generation of Query-Ad Matching in Baidu's Sponsored
 Search" (KDD 2019). Each tower outputs V = 3 L2-normalised vectors (default 3 x 32); class k's
-logit is the cosine of the two towers' k-th vectors over the temperature, and a softmax over
-(click, unclick, bad) is trained with cross-entropy (``mobius.task.MobiusTask``). At retrieval
+similarity is the cosine of the two towers' k-th vectors; the objective divides by its
+temperature and trains a softmax over (click, unclick, bad) with cross-entropy
+(``objectives.losses.mobius_class_loss`` in ``mobius.task.MobiusTask``). At retrieval
 time only the click vectors are used: the click cosine is what the index searches.
 """
 from __future__ import annotations
@@ -50,26 +51,27 @@ class Mobius(TwoTowerModel):
         return self._split(self.item_tower(x))  # [N, V, D]
 
     def class_logits(self, q: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        """[B, V, D] x [B, V, D] -> [B, V]: per-class cosine of row-aligned pairs / temperature."""
-        return (q * i).sum(-1) / self.temperature
+        """[B, V, D] x [B, V, D] -> [B, V]: per-class cosine of row-aligned pairs."""
+        return (q * i).sum(-1)
 
     def class_logits_matrix(self, q: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        """[M, V, D] x [N, V, D] -> [M, N, V]: per-class logits of the whole cross join."""
-        return torch.einsum("mvd,nvd->mnv", q, i) / self.temperature
+        """[M, V, D] x [N, V, D] -> [M, N, V]: per-class cosines of the whole cross join."""
+        return torch.einsum("mvd,nvd->mnv", q, i)
 
-    def click_probability(self, q: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        """[M, V, D] x [N, V, D] -> [M, N]: softmax probability of the click class (the CTR).
-        One batched matrix product per class and a softmax over the class axis laid out first
-        ([V, M, N]): several times faster on CPU than a softmax over a trailing axis of size 3."""
-        logits = torch.bmm(q.transpose(0, 1), i.permute(1, 2, 0)) / self.temperature  # [V, M, N]
+    def click_probability(self, q: torch.Tensor, i: torch.Tensor, temperature: float) -> torch.Tensor:
+        """[M, V, D] x [N, V, D] -> [M, N]: softmax probability of the click class (the CTR) at
+        the objective's ``temperature``. One batched matrix product per class and a softmax over
+        the class axis laid out first ([V, M, N]): several times faster on CPU than a softmax
+        over a trailing axis of size 3."""
+        logits = torch.bmm(q.transpose(0, 1), i.permute(1, 2, 0)) / temperature  # [V, M, N]
         return logits.softmax(0)[CLICK]
 
     # retrieval and the generic interface use only the click vectors
     def logits(self, q: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        return q[:, CLICK] @ i[:, CLICK].T / self.temperature
+        return q[:, CLICK] @ i[:, CLICK].T
 
     def pair_logits(self, q: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        return (q[:, CLICK] * i[:, CLICK]).sum(-1) / self.temperature
+        return (q[:, CLICK] * i[:, CLICK]).sum(-1)
 
     def retrieval_query(self, q: torch.Tensor) -> torch.Tensor:
         return q[:, CLICK:CLICK + 1]  # [B, 1, D]

@@ -4,7 +4,8 @@ The parallel two-tower model (Tencent, 并联双塔): each side runs several tow
 field embeddings — an MLP (implicit interactions), a cross network (DCN, Wang et al. 2017), a
 factorisation machine (Rendle 2010) and a CIN (xDeepFM, Lian et al. 2018). Tower type k yields a
 query vector u_k and an item vector v_k (L2-normalised); its match score is cos(u_k, v_k), and a
-logistic-regression layer fuses the K scores: ``logit = (sum_k w_k cos_k + b) / temperature``.
+logistic-regression layer fuses the K scores: ``sum_k w_k cos_k + b`` (the objective divides by
+its temperature).
 
 Served as one inner product: the query's retrieval vector is ``[w_1 u_1, ..., w_K u_K]`` and the
 item's is ``[v_1, ..., v_K]``, whose inner product is ``sum_k w_k cos_k`` — the same ranking as the
@@ -102,11 +103,11 @@ class ParallelTwoTower(TwoTowerModel):
         return torch.einsum("bkd,nkd->bnk", self._parts(q), self._parts(i))
 
     def logits(self, q: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        return self.fusion(self.tower_scores(q, i)) / self.temperature
+        return self.fusion(self.tower_scores(q, i))
 
     def pair_logits(self, q: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         s = (self._parts(q) * self._parts(i)).sum(-1)  # [B, K]
-        return self.fusion(s) / self.temperature
+        return self.fusion(s)
 
     def retrieval_query(self, q: torch.Tensor) -> torch.Tensor:
         parts = self._parts(q) * self.fusion.weight[None, :, None]

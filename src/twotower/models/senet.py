@@ -3,13 +3,12 @@
 Hu et al., "Squeeze-and-Excitation Networks" (CVPR 2018), applied per tower as in the SENet
 two-tower model (field importance learned per example: noisy fields are suppressed, informative ones
 amplified). ``field_weights(features, side)`` exposes the learned weights; ``twotower fields
-RUN_DIR`` prints their mean over a sample of the run's data.
+RUN_DIR`` prints their mean over a sample of the run's data (``eval.fields``).
 """
 from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import Field
 
@@ -59,38 +58,3 @@ class SENetTwoTower(TwoTowerModel):
 
     def encode_item(self, features: Features) -> torch.Tensor:
         return self._encode(features, Side.ITEM)
-
-
-@torch.no_grad()
-def mean_field_weights(run_dir, split: str = "valid", max_rows: int = 20_000) -> dict[str, dict[str, float]]:
-    """Mean SE field weight of every field of a trained SENet run.
-
-    Query fields are averaged over (up to ``max_rows``) rows of ``split`` (falling back to train),
-    item fields over the item corpus. Returns ``{"query": {field: w}, "item": {field: w}}``."""
-    from twotower.errors import ConfigError
-    from twotower.features.feature_set import FeatureSet
-    from twotower.pipeline import RunData, load_model, load_run_config
-    from twotower.run import RunDir
-
-    run = RunDir(run_dir)
-    cfg = load_run_config(run)
-    model = load_model(run)
-    if not hasattr(model, "field_weights"):
-        raise ConfigError(f"{run.root}: model {cfg.model.name!r} has no field weights "
-                          "(only SENet models learn them)")
-    features = FeatureSet.load(run.features)
-    data = RunData(cfg, features)
-    log = None
-    for s in (split, "train"):
-        if data.reader.path(s) is not None:
-            log = data.reader.load(s)
-            break
-    out: dict[str, dict[str, float]] = {}
-    rows = np.arange(min(len(log), max_rows))
-    q = {k: torch.from_numpy(np.ascontiguousarray(v[rows])) for k, v in log.query.items()}
-    wq = model.field_weights(q, Side.QUERY).mean(0)
-    out["query"] = {n: float(w) for n, w in zip(model.query_fields, wq)}
-    corpus = data.corpus()
-    wi = model.field_weights(corpus.tensors(slice(0, max_rows)), Side.ITEM).mean(0)
-    out["item"] = {n: float(w) for n, w in zip(model.item_fields, wi)}
-    return out

@@ -7,7 +7,8 @@ weighs the behaviours per concept (attention weighting) into K interest embeddin
 interest-aggregation module predicts the next intention to mix the interests into one next-item
 vector. Query vectors: [B, 1 + K, D] = [next-item vector, the K interests]; training and, by
 default, retrieval use the next-item vector (``serve_interests: true`` searches the K interests
-instead, max-merged). ``concept_regularization`` is the paper's covariance penalty on the pool.
+instead, max-merged). ``concept_regularization`` weighs the paper's covariance penalty on the
+pool (``objectives.sine``).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from twotower.towers.embedding import FeatureSchema
 from twotower.towers.interests import SparseInterests
 from twotower.towers.mlp import MLP, l2_normalize
 from twotower.towers.sequence import embed_sequence
-from twotower.types import Batch, Features
+from twotower.types import Features
 
 
 class SINEConfig(SequenceModelConfig):
@@ -61,14 +62,6 @@ class SINE(UserSideMixin, TwoTowerModel):
 
     def retrieval_query(self, q: torch.Tensor) -> torch.Tensor:
         return q[:, 1:] if self.cfg.serve_interests else q[:, :1]
-
-    def auxiliary_loss(self, q: torch.Tensor, i: torch.Tensor, batch: Batch):
-        if self.cfg.concept_regularization == 0:
-            return q.new_zeros(()), {}
-        c = self.sparse.pool - self.sparse.pool.mean(0, keepdim=True)
-        cov = c.T @ c / c.shape[0]  # [D, D]
-        penalty = 0.5 * ((cov ** 2).sum() - (torch.diagonal(cov) ** 2).sum())
-        return self.cfg.concept_regularization * penalty, {"concept_cov": float(penalty.detach())}
 
     def contract(self) -> dict:
         return {**super().contract(), "num_interests": self.cfg.num_interests,

@@ -6,7 +6,7 @@ concatenates the user's side features and maps them through a ReLU MLP; the item
 embedding (+ its side fields) projected to the output dimension — the softmax weights. Trained
 with the sampled / in-batch softmax and the log-Q correction of the task (``objective``).
 
-``SequenceModelConfig`` and ``UserSideMixin`` are shared by the sequence models of this zoo
+``SequenceModelConfig`` and ``UserSideMixin`` are shared by the sequence models
 (MIND, ComiRec, SDM, PDN): which query field is the behaviour sequence, the others being side
 features.
 """

@@ -136,3 +136,63 @@ def _weighted_mean(losses: torch.Tensor, weight: torch.Tensor | None) -> torch.T
     total = weight.sum()
     # All-zero weights: nothing to learn from this batch, loss 0 (not 0/0 = NaN).
     return (weight * losses).sum() / torch.where(total > 0, total, torch.ones_like(total))
+
+
+def class_softmax_loss(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None,
+                       extra_logits: torch.Tensor | None = None, extra_label: int = 0,
+                       extra_weight: float = 1.0) -> torch.Tensor:
+    """MOBIUS's click / unclick / bad softmax: weighted mean cross-entropy over two row sets.
+
+    Fan et al., "MOBIUS: Towards the Next Generation of Query-Ad Matching in Baidu's Sponsored
+    Search" (KDD 2019). logits[B, C] per-class logits of the observed pairs, labels[B] their class
+    (click / unclick), weight[B] or None; extra_logits[P, C] or None: the sampled bad cases, all
+    of class ``extra_label``, each weighted ``extra_weight``. Returns
+    ``(sum w * ce + extra_weight * sum ce_extra) / (sum w + extra_weight * P)``, a scalar.
+    """
+    ce = F.cross_entropy(_at_least_float32(logits), labels, reduction="none")  # [B]
+    w = weight.to(ce.dtype) if weight is not None else torch.ones_like(ce)
+    total, count = (ce * w).sum(), w.sum()
+    if extra_logits is not None and extra_logits.shape[0]:
+        bad = torch.full((extra_logits.shape[0],), extra_label, dtype=torch.long,
+                         device=extra_logits.device)
+        ce_bad = F.cross_entropy(_at_least_float32(extra_logits), bad, reduction="none")
+        total = total + extra_weight * ce_bad.sum()
+        count = count + extra_weight * extra_logits.shape[0]
+    return total / count.clamp_min(1e-12)
+
+
+def mimic_loss(augmented: torch.Tensor, target: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """DAT's adaptive-mimic loss: mean squared distance of ``augmented`` [B, D] to
+    ``stop_gradient(target)`` [B, D] over the rows where ``positive`` [B] (bool) holds; 0 when
+    none does. No gradient reaches ``target``.
+
+    Yu et al., "A Dual Augmented Two-tower Model for Online Large-scale Recommendation" (DLP-KDD 2021).
+    """
+    d = (augmented - target.detach()).pow(2).sum(-1)  # [B]
+    pos = positive.to(d.dtype)
+    return (d * pos).sum() / pos.sum().clamp_min(1.0)
+
+
+def category_alignment_loss(vectors: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
+    """DAT's category alignment: vectors[B, D], category[B] ids -> the scalar
+    sum over minor categories c of ||Cov(major) - Cov(c)||_F^2 / D^2 (vectorised, no loop).
+
+    Yu et al. (DLP-KDD 2021). The major category is the batch's most frequent one; categories with fewer than 2 items have
+    no covariance and are skipped."""
+    uniq, inv, counts = torch.unique(category, return_inverse=True, return_counts=True)
+    if len(uniq) < 2:
+        return vectors.new_zeros(())
+    x = vectors.float()
+    onehot = torch.zeros(len(x), len(uniq), device=x.device, dtype=x.dtype)
+    onehot[torch.arange(len(x), device=x.device), inv] = 1.0
+    n = counts.to(x.dtype)  # [C]
+    mean = (onehot.T @ x) / n[:, None]  # [C, D]
+    second = torch.einsum("bc,bd,be->cde", onehot, x, x)  # [C, D, D]
+    cov = (second - n[:, None, None] * mean[:, :, None] * mean[:, None, :]) / (n - 1).clamp_min(1)[:, None, None]
+    major = int(torch.argmax(counts))
+    valid = counts >= 2
+    valid[major] = False
+    if counts[major] < 2 or not bool(valid.any()):
+        return vectors.new_zeros(())
+    diff = (cov[major][None] - cov[valid]).pow(2).sum(dim=(1, 2))
+    return diff.sum() / x.shape[1] ** 2

@@ -1,70 +1,152 @@
-"""Retrieval tasks: the glue between a model's logits and a loss, in one documented order.
+"""Retrieval tasks: the glue between a model's similarities and a loss, in one documented order.
 
 A task computes one training loss from a batch: it encodes both sides with the model, builds the
 logits, then applies, in this order (as TF Recommenders' retrieval task does):
 
-1. the temperature (inside ``model.logits``),
+1. the temperature (the objective's: ``similarity / objective.temperature``; a model whose scores
+   already are logits, ``scores_are_logits``, is not rescaled),
 2. the log-Q correction (each candidate kind by its own sampling probability),
 3. accidental-hit removal,
-4. the cross-entropy, weighted by the per-example sample weight.
+4. the cross-entropy, weighted by the per-example sample weight,
+5. the model's own auxiliary loss, if one is registered for it (``objectives.auxiliary``).
 
-Tasks are ``nn.Module`` so their state (the frequency estimator's arrays, the sampler's RNG)
-is saved in checkpoints and restored on resume.
+One task class per objective, registered by ``objective.name`` (``register_task``); an objective
+with its own data loop (MOBIUS) registers a recipe instead (``train.recipes``). Tasks are
+``nn.Module`` so their state (the frequency estimator's arrays, the sampler's RNG) is saved in
+checkpoints and restored on resume.
 """
 from __future__ import annotations
 
 from functools import partial
+from typing import Callable
 
 import torch
 from torch import nn
 
 from twotower.config import ObjectiveConfig
 from twotower.errors import ConfigError
+from twotower.objectives.auxiliary import auxiliary_loss_for
 from twotower.objectives.frequency import FrequencyEstimator
 from twotower.objectives.fused import fused_in_batch_softmax
 from twotower.objectives.losses import binary_cross_entropy, in_batch_softmax, mixed_negative_softmax
 from twotower.objectives.negatives import UniformSampler, in_batch_candidates
 from twotower.types import Batch, Features
 
+#: objective name -> task class
+TASKS: dict[str, type["RetrievalTask"]] = {}
+
+
+def register_task(name: str) -> Callable:
+    """Class decorator: the task trained for ``objective.name: <name>``."""
+
+    def wrap(cls: type["RetrievalTask"]) -> type["RetrievalTask"]:
+        if name in TASKS and TASKS[name] is not cls:
+            raise ValueError(f"objective {name!r} registered twice")
+        TASKS[name] = cls
+        return cls
+
+    return wrap
+
 
 class RetrievalTask(nn.Module):
-    """In-batch softmax (optionally with mixed uniform negatives) or pointwise click BCE.
+    """Base of the tasks: temperature, auxiliary losses and the encode step.
 
-    ``corpus`` holds the encoded item features of the whole corpus (one row per item); it is
-    needed only for mixed negatives, which draw items uniformly from it.
+    ``corpus`` holds the encoded item features of the whole corpus (one row per item); only
+    mixed negatives use it, drawing items uniformly from it.
     """
+
+    #: softmax tasks learn from clicked rows only; a pointwise task needs unclicks too
+    positives_only = True
 
     def __init__(self, cfg: ObjectiveConfig, corpus: Features | None = None,
                  item_id: str = "item_id", seed: int = 0):
         super().__init__()
         self.cfg = cfg
         self.item_id = item_id
-        self.estimator = (FrequencyEstimator(cfg.estimator.num_buckets, cfg.estimator.num_hashes,
-                                             cfg.estimator.alpha)
-                          if cfg.logq_correction and cfg.name != "pointwise_bce" else None)
-        self.sampler: UniformSampler | None = None
-        self.corpus = corpus
-        if cfg.name == "mixed_negatives":
-            if cfg.uniform_negatives <= 0:
-                raise ConfigError("objective.uniform_negatives must be > 0 for mixed_negatives")
-            if corpus is None:
-                raise ConfigError("mixed_negatives needs the item corpus (data.items or train items)")
-            n = len(next(iter(corpus.values())))
-            # sampler index j in [1, n] is corpus row j - 1 (index 0 is never drawn)
-            self.sampler = UniformSampler(n + 1, cfg.uniform_negatives, seed)
+        self.temperature = cfg.temperature
         if cfg.in_batch_block is not None and cfg.name != "in_batch_softmax":
             raise ConfigError(f"objective.in_batch_block applies to in_batch_softmax, not {cfg.name}: "
                               "set objective.in_batch_block: null (the MovieLens fast preset sets "
                               "1024)")
-        if cfg.name == "pointwise_bce":
-            # cosine/temperature is centred on 0; a learned bias lets sigmoid match the click rate
-            self.bias = nn.Parameter(torch.zeros(()))
-        self._corpus_device: tuple[torch.device, Features] | None = None
 
-    @property
-    def positives_only(self) -> bool:
-        """Softmax tasks learn from clicked rows only; the pointwise task needs unclicks too."""
-        return self.cfg.name != "pointwise_bce"
+    def scale(self, model: nn.Module, scores: torch.Tensor) -> torch.Tensor:
+        """Similarities -> logits: divided by the temperature (unless they already are logits)."""
+        return scores if getattr(model, "scores_are_logits", False) else scores / self.temperature
+
+    def loss(self, model: nn.Module, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        q = model.encode_query(batch.query)  # [B, V, D]
+        i = model.encode_item(batch.item)  # [B, V, D]
+        loss, logs = self.objective_loss(model, batch, step, q, i)
+        auxiliary = auxiliary_loss_for(model)
+        if auxiliary is not None:
+            extra, extra_logs = auxiliary(model, q, i, batch, self.temperature)
+            loss = loss + extra
+            logs = {**logs, **extra_logs}
+        return loss, logs
+
+    def objective_loss(self, model: nn.Module, batch: Batch, step: int, q: torch.Tensor,
+                       i: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    # every task carries an extra-state slot, so checkpoints of any task have the same keys
+    def get_extra_state(self) -> dict:
+        return {}
+
+    def set_extra_state(self, state: dict) -> None:
+        pass
+
+
+class _SampledSoftmax(RetrievalTask):
+    """Shared by the softmax tasks: the frequency estimator behind the log-Q correction."""
+
+    def __init__(self, cfg: ObjectiveConfig, corpus: Features | None = None,
+                 item_id: str = "item_id", seed: int = 0):
+        super().__init__(cfg, corpus, item_id, seed)
+        self.estimator = (FrequencyEstimator(cfg.estimator.num_buckets, cfg.estimator.num_hashes,
+                                             cfg.estimator.alpha) if cfg.logq_correction else None)
+
+    def candidates(self, batch: Batch, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.estimator is not None:
+            self.estimator.update(batch.item_ids, step)
+        return in_batch_candidates(batch.item_ids, self.estimator)
+
+
+@register_task("in_batch_softmax")
+class InBatchSoftmaxTask(_SampledSoftmax):
+    """In-batch softmax, optionally over row blocks of the batch (``objective.in_batch_block``)."""
+
+    def objective_loss(self, model, batch, step, q, i):
+        ids, log_q = self.candidates(batch, step)
+        return blockwise(partial(self._in_batch, model), self.cfg.in_batch_block,
+                         q, i, ids, log_q, batch.weight), {}
+
+    def _in_batch(self, model: nn.Module, q: torch.Tensor, i: torch.Tensor, ids: torch.Tensor,
+                  log_q: torch.Tensor | None, weight: torch.Tensor | None) -> torch.Tensor:
+        """In-batch softmax over the rows given (the batch, or one block of it)."""
+        if uses_plain_logits(model):
+            # same loss and gradients as the plain path below, one [B, B] buffer instead of many
+            return fused_in_batch_softmax(q[:, 0] / self.temperature, i[:, 0], ids, log_q,
+                                          weight, self.cfg.remove_accidental_hits)
+        return in_batch_softmax(self.scale(model, model.logits(q, i)), ids, log_q, weight,
+                                remove_hits=self.cfg.remove_accidental_hits)
+
+
+@register_task("mixed_negatives")
+class MixedNegativesTask(_SampledSoftmax):
+    """In-batch items plus ``objective.uniform_negatives`` uniform corpus draws per batch."""
+
+    def __init__(self, cfg: ObjectiveConfig, corpus: Features | None = None,
+                 item_id: str = "item_id", seed: int = 0):
+        super().__init__(cfg, corpus, item_id, seed)
+        if cfg.uniform_negatives <= 0:
+            raise ConfigError("objective.uniform_negatives must be > 0 for mixed_negatives")
+        if corpus is None:
+            raise ConfigError("mixed_negatives needs the item corpus (data.items or train items)")
+        self.corpus = corpus
+        n = len(next(iter(corpus.values())))
+        # sampler index j in [1, n] is corpus row j - 1 (index 0 is never drawn)
+        self.sampler = UniformSampler(n + 1, cfg.uniform_negatives, seed)
+        self._corpus_device: tuple[torch.device, Features] | None = None
 
     def _corpus_on(self, device: torch.device) -> Features:
         if self._corpus_device is None or self._corpus_device[0] != device:
@@ -72,32 +154,9 @@ class RetrievalTask(nn.Module):
                                             for k, v in self.corpus.items()})
         return self._corpus_device[1]
 
-    def loss(self, model: nn.Module, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        q = model.encode_query(batch.query)  # [B, V, D]
-        i = model.encode_item(batch.item)  # [B, V, D]
-        loss, logs = self._loss(model, batch, step, q, i)
-        # a model may add its own training signal (e.g. DAT's mimic loss) on the row-aligned pairs
-        aux = getattr(model, "auxiliary_loss", None)
-        if aux is not None:
-            extra, extra_logs = aux(q, i, batch)
-            loss = loss + extra
-            logs = {**logs, **extra_logs}
-        return loss, logs
-
-    def _loss(self, model: nn.Module, batch: Batch, step: int, q: torch.Tensor,
-              i: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        if self.cfg.name == "pointwise_bce":
-            if batch.label is None:
-                raise ConfigError("objective pointwise_bce needs data.label (click / unclick)")
-            logits = model.pair_logits(q, i) + self.bias
-            return binary_cross_entropy(logits, batch.label, batch.weight), {}
-        if self.estimator is not None:
-            self.estimator.update(batch.item_ids, step)
-        ids, log_q = in_batch_candidates(batch.item_ids, self.estimator)
-        if self.sampler is None:
-            return blockwise(partial(self._in_batch, model), self.cfg.in_batch_block,
-                             q, i, ids, log_q, batch.weight), {}
-        logits = model.logits(q, i)  # [B, B]
+    def objective_loss(self, model, batch, step, q, i):
+        ids, log_q = self.candidates(batch, step)
+        logits = self.scale(model, model.logits(q, i))  # [B, B]
         rows, extra_log_q = self.sampler.sample()
         corpus = self._corpus_on(logits.device)
         pick = (rows - 1).to(logits.device)
@@ -105,25 +164,35 @@ class RetrievalTask(nn.Module):
         extra = model.encode_item(extra_feats)  # [N', V, D]
         extra_ids = extra_feats[self.item_id]
         return mixed_negative_softmax(
-            model.pair_logits(q, i), logits, ids, log_q, model.logits(q, extra), extra_ids,
+            self.scale(model, model.pair_logits(q, i)), logits, ids, log_q,
+            self.scale(model, model.logits(q, extra)), extra_ids,
             extra_log_q.to(logits.device), batch.weight), {}
 
-    def _in_batch(self, model: nn.Module, q: torch.Tensor, i: torch.Tensor, ids: torch.Tensor,
-                  log_q: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-        """In-batch softmax over the rows given (the batch, or one block of it)."""
-        if uses_plain_logits(model):
-            # same loss and gradients as the plain path below, one [B, B] buffer instead of many
-            return fused_in_batch_softmax(q[:, 0] / model.temperature, i[:, 0], ids, log_q,
-                                          weight, self.cfg.remove_accidental_hits)
-        return in_batch_softmax(model.logits(q, i), ids, log_q, weight,
-                                remove_hits=self.cfg.remove_accidental_hits)
-
     def get_extra_state(self) -> dict:
-        return {"sampler": self.sampler.state_dict() if self.sampler is not None else None}
+        return {"sampler": self.sampler.state_dict()}
 
     def set_extra_state(self, state: dict) -> None:
-        if self.sampler is not None and state.get("sampler") is not None:
+        if state.get("sampler") is not None:
             self.sampler.load_state_dict(state["sampler"])
+
+
+@register_task("pointwise_bce")
+class PointwiseBCETask(RetrievalTask):
+    """Click / unclick binary cross-entropy on row-aligned pairs."""
+
+    positives_only = False
+
+    def __init__(self, cfg: ObjectiveConfig, corpus: Features | None = None,
+                 item_id: str = "item_id", seed: int = 0):
+        super().__init__(cfg, corpus, item_id, seed)
+        # cosine/temperature is centred on 0; a learned bias lets sigmoid match the click rate
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def objective_loss(self, model, batch, step, q, i):
+        if batch.label is None:
+            raise ConfigError("objective pointwise_bce needs data.label (click / unclick)")
+        logits = self.scale(model, model.pair_logits(q, i)) + self.bias
+        return binary_cross_entropy(logits, batch.label, batch.weight), {}
 
 
 def blockwise(loss_fn, block: int | None, q: torch.Tensor, i: torch.Tensor, ids: torch.Tensor,
@@ -148,12 +217,17 @@ def blockwise(loss_fn, block: int | None, q: torch.Tensor, i: torch.Tensor, ids:
 
 
 def uses_plain_logits(model: nn.Module) -> bool:
-    """True when the model scores by the base class's first-vector dot product / temperature."""
-    from twotower.models.base import TwoTowerModel
-
-    return isinstance(model, TwoTowerModel) and type(model).logits is TwoTowerModel.logits
+    """True when the model declares the first-vector dot product as its similarity
+    (``TwoTowerModel.plain_similarity``) and its scores need the objective's temperature."""
+    return (getattr(model, "plain_similarity", False)
+            and not getattr(model, "scores_are_logits", False))
 
 
 def build_task(cfg: ObjectiveConfig, corpus: Features | None = None, item_id: str = "item_id",
                seed: int = 0) -> RetrievalTask:
-    return RetrievalTask(cfg, corpus, item_id, seed)
+    """The registered task of ``cfg.name``."""
+    if cfg.name not in TASKS:
+        raise ConfigError(f"objective.name: {cfg.name!r} has no plain task (known: "
+                          f"{', '.join(sorted(TASKS))}); an objective with its own data loop is "
+                          "trained by its recipe (twotower.pipeline.train_run)")
+    return TASKS[cfg.name](cfg, corpus, item_id, seed)

@@ -76,7 +76,7 @@ class Inspector:
         """raw item id -> business weight, from the run's item table (read once per column)."""
         if column not in self._weights:
             from twotower.data.readers import TableSource
-            from twotower.pipeline import load_run_config
+            from twotower.runs import load_run_config
 
             cfg = load_run_config(self.retriever.run)
             if cfg.data.items is None:

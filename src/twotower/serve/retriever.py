@@ -22,13 +22,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from twotower.config import FeatureKind
 from twotower.errors import DataError
-from twotower.features.feature_set import FeatureSet
+from twotower.features.dataset import as_tensors
 from twotower.index.ann import VectorIndex, load_index
-from twotower.index.run_index import read_contract
-from twotower.run import RunDir
-from twotower.types import Side
+from twotower.runs import load_run
+from twotower.types import FeatureKind, Side
 
 
 def merge_multi_vector(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -67,12 +65,11 @@ class Loaded:
 class Retriever:
     def __init__(self, run_dir: str | Path, version: str | None = None, batch_size: int = 1024,
                  threads: int | None = None):
-        from twotower.pipeline import load_model
-
-        self.run = RunDir(run_dir)
-        self.contract = read_contract(run_dir)
-        self.features = FeatureSet.load(self.run.features)
-        self.model = load_model(self.run)
+        trained = load_run(run_dir)
+        self.run = trained.dir
+        self.contract = trained.contract
+        self.features = trained.features
+        self.model = trained.model
         self.batch_size = batch_size
         self.query_features = self.features.query_features
         self.query_columns = self.features.columns(Side.QUERY)
@@ -154,7 +151,7 @@ class Retriever:
         """Query vectors [B, V, D] of the requests (unknown values -> OOV)."""
         table = self.to_table(requests)
         enc = self.features.encode(table, Side.QUERY, count=False)
-        feats = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in enc.items()}
+        feats = as_tensors(enc)
         q = self.model.retrieval_query(self.model.encode_query(feats)).float()
         if self.contract.get("normalized"):
             q = torch.nn.functional.normalize(q, dim=-1)

@@ -9,34 +9,11 @@ about twice as fast as ``padding_idx`` forward and backward, same values and gra
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from twotower.config import FeatureKind
-from twotower.types import Features, Side
-
-
-@dataclass(frozen=True)
-class FieldSpec:
-    """What a model needs to know about one feature to embed it."""
-
-    kind: FeatureKind
-    side: Side
-    cardinality: int  # embedding rows (0 for dense)
-    table: str  # name of the table it reads (the vocabulary's owner)
-    dim: int  # embedding dimension
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["kind"], d["side"] = self.kind.value, self.side.value
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict) -> "FieldSpec":
-        return cls(FeatureKind(d["kind"]), Side(d["side"]), d["cardinality"], d["table"], d["dim"])
+from twotower.types import FeatureKind, Features, FieldSpec, Side
 
 
 class _MeanBag(torch.autograd.Function):

@@ -31,10 +31,6 @@ class BatchSource(Protocol):
     def batches(self, batch_size: int, epoch: int = 0, seed: int = 0, skip: int = 0) -> Iterator[Batch]: ...
 
 
-class Task(Protocol):
-    def loss(self, model: nn.Module, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]: ...
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

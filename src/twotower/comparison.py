@@ -6,9 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from twotower.mobius.evaluate import (HeldOut, click_auc_and_top_relevance, run_scores,
-                                      teacher_scores)
-from twotower.mobius.pipeline import train_mobius_run
+from twotower.eval.simulator import (HeldOut, click_auc_and_top_relevance, run_scores,
+                                     teacher_scores)
 from twotower.mobius.teachers import LexicalTeacher
 from twotower.pipeline import train_run
 from twotower.presets import mobius_simulator_config, simulator_config
@@ -24,12 +23,7 @@ def run_comparison(data_dir: str | Path, workdir: str | Path, epochs: int | None
     MOBIUS preset's, for every contender. ``dssm``: also train the in-batch softmax DSSM.
     ``threads``: torch CPU threads while training (1 by default: these small models gain nothing
     from a second intra-op thread, and on a shared CPU its spin-waits cost 10x and more)."""
-    return _compare(data_dir, Path(workdir), epochs, ks, table1, oracle, max_searches,
-                    batch_size, seed, text_buckets, dssm, threads, log)
-
-
-def _compare(data_dir, workdir: Path, epochs, ks, table1, oracle, max_searches, batch_size, seed,
-             text_buckets, dssm, threads, log) -> dict:
+    workdir = Path(workdir)
     held = HeldOut(data_dir, max_searches)
     preset = mobius_simulator_config(data_dir, workdir / "preset").train
     train = {"epochs": epochs or preset.epochs, "batch_size": batch_size or preset.batch_size,
@@ -51,10 +45,10 @@ def _compare(data_dir, workdir: Path, epochs, ks, table1, oracle, max_searches, 
         t = time.perf_counter()
         cfg = mobius_simulator_config(data_dir, workdir / name, **common,
                                       objective={"name": "mobius", "mobius": mob})
-        s = train_mobius_run(shrink(cfg), overwrite=True)
+        s = train_run(shrink(cfg), overwrite=True)
         extra[name] = {**s.report["mobius"], "seconds": time.perf_counter() - t,
                        "train_seconds": s.train.seconds}
-        extra[name].pop("brw", None)
+        extra[name].pop("brw_weight", None)
         log(f"  trained {name} in {time.perf_counter() - t:.1f}s "
             f"({s.report['mobius']['bad_cases_total']:,} bad cases)")
         return s.run_dir

@@ -14,6 +14,12 @@ import pyarrow.parquet as pq
 import torch
 
 from twotower.data.simulator import SimulatorTruth
+from twotower.errors import ConfigError
+from twotower.features.dataset import as_tensors
+from twotower.index.export import encode_queries, read_vectors
+from twotower.index.weights import fold_weights, lookup_weights
+from twotower.runs import load_run
+from twotower.types import Side
 
 
 class HeldOut:
@@ -63,19 +69,21 @@ class HeldOut:
 
 
 def run_scores(run_dir: str | Path, held: HeldOut, brw: bool = False) -> np.ndarray:
-    """[R, A] retrieval scores of a trained run (its exported item vectors; BRW ones if asked)."""
-    from twotower.eval.offline import encode_queries
-    from twotower.features.feature_set import FeatureSet
-    from twotower.index.export import read_vectors
-    from twotower.pipeline import load_model
-    from twotower.run import RunDir
-    from twotower.types import Side
-
-    run = RunDir(run_dir)
-    features = FeatureSet.load(run.features)
-    model = load_model(run)
-    ids, vecs = read_vectors(run.embeddings / ("items_brw.parquet" if brw else "items.parquet"))
-    q = encode_queries(model, features.encode(held.searches, Side.QUERY, count=False))  # [R, V, D]
+    """[R, A] retrieval scores of a trained run over its exported item vectors; with ``brw``,
+    the vectors the index serves for its contract's business weight (``index.weights``): the
+    normalised query times normalize(item) * w, i.e. cos(q, a) * w."""
+    run = load_run(run_dir)
+    ids, vecs = read_vectors(run.dir.embeddings / "items.parquet")
+    q = encode_queries(run.model, run.features.encode(held.searches, Side.QUERY, count=False))  # [R, V, D]
+    if brw:
+        column = run.contract.get("brw_weight")
+        if not column:
+            raise ConfigError(f"{run.root}: the run's contract names no business weight (brw_weight)")
+        src = run.data.item_table_source()
+        w = lookup_weights(src.read([run.contract["item_id"], column]), run.contract["item_id"],
+                           column, ids, str(src.path))
+        vecs = fold_weights(vecs, w, normalize=True)
+        q = torch.nn.functional.normalize(q.float(), dim=-1)
     scores = (q.float() @ torch.from_numpy(np.array(vecs)).T).amax(1).numpy()  # [R, N]
     return _align(scores, ids.to_numpy(), held.ad_ids)
 
@@ -103,24 +111,21 @@ def click_auc_and_top_relevance(run_dir: str | Path, held: HeldOut, top_share: f
     """Table 1 of the paper: click AUC on held-out impressions (p(click) from the 3-way softmax)
     and mean true relevance of the top ``top_share`` pairs by predicted CTR over the cross join of
     held-out searches and all ads."""
-    from twotower.features.feature_set import FeatureSet
-    from twotower.pipeline import load_model
-    from twotower.run import RunDir
-    from twotower.types import Side
-
-    run = RunDir(run_dir)
-    features = FeatureSet.load(run.features)
-    model = load_model(run)
+    run = load_run(run_dir)
+    features, model = run.features, run.model
+    temperature = run.config.objective.temperature
     imp = held.impressions
     with torch.no_grad():
-        enc_q = {k: torch.from_numpy(v) for k, v in features.encode(imp, Side.QUERY, count=False).items()}
-        enc_i = {k: torch.from_numpy(v) for k, v in features.encode(imp, Side.ITEM, count=False).items()}
-        p = model.class_logits(model.encode_query(enc_q), model.encode_item(enc_i)).softmax(-1)[:, 0]
+        enc_q = as_tensors(features.encode(imp, Side.QUERY, count=False))
+        enc_i = as_tensors(features.encode(imp, Side.ITEM, count=False))
+        logits = model.class_logits(model.encode_query(enc_q), model.encode_item(enc_i)) / temperature
+        p = logits.softmax(-1)[:, 0]
         a = roc_auc(p.numpy(), imp["click"].to_numpy())
-        sq = {k: torch.from_numpy(v) for k, v in features.encode(held.searches, Side.QUERY, count=False).items()}
+        sq = as_tensors(features.encode(held.searches, Side.QUERY, count=False))
         ads = pq.read_table(held.data_dir / "ads.parquet")
-        si = {k: torch.from_numpy(v) for k, v in features.encode(ads, Side.ITEM, count=False).items()}
-        ctr = model.click_probability(model.encode_query(sq), model.encode_item(si)).numpy()  # [R, A]
+        si = as_tensors(features.encode(ads, Side.ITEM, count=False))
+        ctr = model.click_probability(model.encode_query(sq), model.encode_item(si),
+                                      temperature).numpy()  # [R, A]
     flat = ctr.ravel()
     n_top = max(1, int(top_share * flat.size))
     top = np.argpartition(-flat, n_top - 1)[:n_top]
