@@ -496,9 +496,11 @@ def latency_part(args, work: Path, spec: dict, queries: list[dict]) -> dict:
         path.write_text(yaml.safe_dump(json.loads(json.dumps(s))))
         port = free_port()
         url = f"http://127.0.0.1:{port}"
+        # the server's JSON access log goes to a file: an unread pipe fills up and blocks it
+        log_path = work / f"latency_{name}.log"
         proc = subprocess.Popen([sys.executable, "-m", "twotower", "serve", "--channels", str(path),
                                  "--port", str(port)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+                                stderr=open(log_path, "w"))
         try:
             for _ in range(600):
                 try:
@@ -507,7 +509,7 @@ def latency_part(args, work: Path, spec: dict, queries: list[dict]) -> dict:
                 except httpx.HTTPError:
                     time.sleep(0.25)
                 if proc.poll() is not None:
-                    raise SystemExit(proc.stderr.read().decode()[-2000:])
+                    raise SystemExit(log_path.read_text()[-2000:])
             cols = set(httpx.get(url + "/metadata").json()["query_columns"])
             qs = [{f: v for f, v in q.items() if f in cols} for q in queries]
             load(url, qs, 1, 1.0)  # warm-up
