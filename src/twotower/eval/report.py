@@ -279,6 +279,7 @@ def popularity_section(run: _Run, out: Path, max_requests: int) -> Section:
                        f"popular items ({head_interactions:.1%} of training interactions)",
                        ["K", "item coverage", "head share", "tail share"], rows))
     sec.data = {"ks": ks, "coverage": cov, "head_share": head_share,
+                "retrieved_by_decile": retrieved.tolist(), "interactions_by_decile": interactions.tolist(),
                 "head_interaction_share": head_interactions, "requests": len(req)}
     return sec
 
