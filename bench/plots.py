@@ -135,6 +135,7 @@ def plot_channels(res: dict, out_json: Path) -> list[Path]:
 PLOTTERS: dict[str, Callable[[dict, Path], list[Path]]] = {
     "ml100k": plot_ml100k, "ml100k_cuda": plot_ml100k, "index": plot_index,
     "index_16core": plot_index, "mobius": plot_mobius, "serve_load": plot_serve_load,
+    "serve_load_metrics": plot_serve_load,
     "zoo": plot_zoo, "zoo_sequence": plot_zoo_sequence, "channels": plot_channels,
 }
 

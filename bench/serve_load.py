@@ -131,18 +131,18 @@ def scrape_phase(before: str, after: str, phase: dict) -> dict:
 
 
 def excerpt(text: str) -> str:
-    """The scrape's twotower_* lines, with only the /retrieve latency buckets around the bulk."""
-    keep = []
+    """The scrape's twotower_* lines; of the latency buckets only the /retrieve ones that hold
+    observations (count above the previous bucket's), of the batch sizes only le=1 and +Inf."""
+    keep, prev = [], {}
     for line in text.splitlines():
-        if not line.startswith("twotower_"):
+        if not line.startswith("twotower_") or "_created" in line:
             continue
         if "_bucket{" in line and "twotower_request_latency" in line:
-            if 'route="/retrieve"' not in line or not any(f'le="{b}"' in line for b in
-                                                           ("0.1", "0.14", "0.16", "0.2", "0.25", "0.3", "+Inf")):
+            count, route = float(line.rsplit(" ", 1)[1]), line.split('route="')[1].split('"')[0]
+            held, prev[route] = count > prev.get(route, 0.0), count
+            if 'route="/retrieve"' not in line or not (held or 'le="+Inf"' in line):
                 continue
         if "_bucket{" in line and "batch_size" in line and 'le="1.0"' not in line and 'le="+Inf"' not in line:
-            continue
-        if "_created" in line:
             continue
         keep.append(line)
     return "\n".join(keep)
