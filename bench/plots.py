@@ -76,12 +76,12 @@ def plot_serve_load(res: dict, out_json: Path) -> list[Path]:
     phases = {"steady": res["steady"], "hot swap": res["hot_swap"]}
     title = (f"Service on loopback: {res['items']:,}-item index, {res['clients']} clients\n"
              "(" + ", ".join(f"{n} {p['rps']:.0f} req/s" for n, p in phases.items()) + ")")
-    series = {"client p50 (ms)": [p["p50_ms"] for p in phases.values()],
-              "client p99 (ms)": [p["p99_ms"] for p in phases.values()]}
-    scrape = res.get("metrics_scrape")
-    if scrape:  # the service's own histogram, read back from /metrics after the steady phase
-        series["/metrics p50 (ms)"] = [scrape["steady"]["p50_ms"], scrape["hot_swap"]["p50_ms"]]
-        series["/metrics p99 (ms)"] = [scrape["steady"]["p99_ms"], scrape["hot_swap"]["p99_ms"]]
+    scrape = res.get("metrics_scrape")  # the service's own histogram, read back per phase
+    series = {}
+    for q in ("p50", "p99"):
+        series[f"client {q} (ms)"] = [p[f"{q}_ms"] for p in phases.values()]
+        if scrape:
+            series[f"/metrics {q} (ms)"] = [scrape["steady"][f"{q}_ms"], scrape["hot_swap"][f"{q}_ms"]]
     return [plots.grouped_bars(_png(out_json), title, "latency (ms)", list(phases), series)]
 
 
