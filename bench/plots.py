@@ -99,7 +99,12 @@ def plot_zoo(res: dict, out_json: Path) -> list[Path]:
 
 def plot_zoo_sequence(res: dict, out_json: Path) -> list[Path]:
     models = res["models"]
-    return [plots.bars(_png(out_json), f"Sequence / multi-interest models, MovieLens 100K: HR@50 "
+    speed = {n: [(m["examples_per_s"], m["hr@50"], n)] for n, m in models.items()}
+    return [plots.tradeoff(_png(out_json), f"MovieLens 100K, {res.get('steps', '?')} batches of "
+                           f"{res.get('batch_size', '?')}: test HR@50 vs training examples/s",
+                           "training examples / s (log)", "test HR@50", speed, logx=True,
+                           join=False),
+            plots.bars(_png(out_json, "_hr"), f"Sequence / multi-interest models, MovieLens 100K: HR@50 "
                        f"({res.get('steps', '?')} steps each)", "HR@50",
                        {n: m["hr@50"] for n, m in models.items()}, baseline="dssm", fmt="{:.3f}"),
             plots.bars(_png(out_json, "_throughput"), "Sequence models: training examples/s "
