@@ -27,7 +27,7 @@ LAYERS = [
     "errors", "progress", "types", "registry", "run", "config",
     "data", "features", "towers", "models", "objectives", "train", "runs", "recipes",
     "mobius", "index", "serve", "channels", "eval",
-    "presets", "pipeline", "comparison", "demo", "cli", "__main__",
+    "presets", "intake", "scaffold", "pipeline", "comparison", "demo", "cli", "__main__",
 ]
 RANK = {name: i for i, name in enumerate(LAYERS)}
 

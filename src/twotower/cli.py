@@ -128,7 +128,25 @@ def summary_cfg(summary):
 
 
 @app.command()
-def evaluate(run_dir: Path, split: str = typer.Option("test", help="valid or test")):
+def init(log: Path = typer.Argument(..., help="a log (Parquet / CSV / TSV) to scaffold a config for"),
+         out: Path = typer.Option(Path("twotower.yaml"), "--out", "-o", help="config file to write"),
+         item_id: Optional[str] = typer.Option(None, help="the item id column (default: guessed)"),
+         label: Optional[str] = typer.Option(None, help="the 0/1 label column (default: guessed)"),
+         force: bool = typer.Option(False, help="replace an existing config file")):
+    """Scaffold a commented run config from a log's schema: edit it, then `twotower train` it."""
+    def go():
+        from twotower.scaffold import write_scaffold
+
+        path = write_scaffold(log, out, item_id, label, force)
+        typer.echo(path.read_text())
+        typer.echo(f"wrote {path}: check the sides and kinds, then `twotower train {path}`", err=True)
+
+    _run(go)
+
+
+@app.command()
+def evaluate(run_dir: Path, split: Optional[str] = typer.Option(
+        None, help="valid or test (default: each of them the run has)")):
     """Evaluate a trained run (full-corpus ranking) and write metrics.json."""
     def go():
         from twotower.pipeline import evaluate_run
@@ -168,7 +186,8 @@ def _try_queries(run_dir, queries):
 def index_cmd(args: List[str] = typer.Argument(..., metavar="RUN_DIR | add RUN_DIR ITEMS | remove RUN_DIR ID...",
                                                 help="build: RUN_DIR; add: add RUN_DIR new_items.parquet; "
                                                      "remove: remove RUN_DIR ID..."),
-              kind: str = typer.Option("hnsw", help="flat, hnsw, ivf-flat, ivf-pq, opq, sq8, fp16"),
+              kind: str = typer.Option("auto", help="auto (exact up to 200k items, ivf-flat above), "
+                                       "flat, hnsw, ivf-flat, ivf-pq, opq, sq8, fp16"),
               param: List[str] = typer.Option([], "--param", help="index parameter, e.g. nlist=1024"),
               weight_column: Optional[str] = typer.Option(None, help="business weight column of the "
                                                           "item table, folded into the vectors")):
@@ -195,7 +214,12 @@ def index_cmd(args: List[str] = typer.Argument(..., metavar="RUN_DIR | add RUN_D
             vi = run_index.build_run_index(args[0], kind, params, weight_column)
         m = vi.manifest
         typer.echo(json.dumps({"version": m["version"], "kind": m["kind"], "count": m["count"],
-                               "params": m["params"], "path": str(vi.path)}, indent=2))
+                               "params": m["params"], "recall": m.get("recall"),
+                               "path": str(vi.path)}, indent=2))
+        if m.get("recall"):
+            r = m["recall"]
+            typer.echo(f"recall@{r['k']} against exact search: {r['recall']:.3f} "
+                       f"({r['queries']} queries: {r['query_source']})", err=True)
 
     _run(go)
 

@@ -51,6 +51,30 @@ class FeatureConfig(StrictModel):
         return self.column or self.name
 
 
+class HoldoutConfig(StrictModel):
+    """Rows of the training file held out for validation / test (``data.holdout``).
+
+    Deterministic by ``seed``: by a group column (every row of one request or user lands on the
+    same side), by time (the latest rows are held out), or else row by row.
+    """
+
+    valid: float = Field(0.1, ge=0, lt=1, description="share held out for validation")
+    test: float = Field(0.0, ge=0, lt=1, description="share held out for the final test")
+    group_by: str | None = Field(None, description="column whose rows stay together (e.g. "
+                                 "request_id, search_id, user_id)")
+    time: str | None = Field(None, description="time column: the latest rows are held out "
+                             "(train < valid < test in time)")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "HoldoutConfig":
+        if self.valid + self.test <= 0 or self.valid + self.test >= 1:
+            raise ValueError(f"valid + test must be between 0 and 1 (got {self.valid} + {self.test})")
+        if self.group_by is not None and self.time is not None:
+            raise ValueError("give group_by or time, not both")
+        return self
+
+
 class DataConfig(StrictModel):
     """Where the log is and what its columns mean."""
 
@@ -64,6 +88,9 @@ class DataConfig(StrictModel):
     item_id: str = "item_id"
     label: str | None = Field(None, description="click label column (1 click, 0 unclick)")
     weight: str | None = Field(None, description="optional sample-weight column")
+    holdout: HoldoutConfig | None = Field(
+        None, description="hold out part of the train file for validation/test (instead of "
+        "split_column or valid/test files)")
     features: list[FeatureConfig]
     chunk_rows: int = Field(262_144, gt=0, description="rows read per chunk when streaming")
 
@@ -81,6 +108,9 @@ class DataConfig(StrictModel):
                 raise ValueError(f"feature {f.name!r}: vocab_from {f.vocab_from!r} is not a feature")
         if not any(f.side == Side.QUERY for f in self.features):
             raise ValueError("no feature has side: query")
+        if self.holdout is not None and (self.split_column or self.valid or self.test):
+            raise ValueError("holdout splits the train file itself: drop split_column / valid / "
+                             "test, or drop holdout")
         return self
 
 

@@ -13,7 +13,6 @@ batches, contract fields, report) comes from the objective's recipe (``twotower.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import pyarrow as pa
 import torch
 
 import twotower.mobius  # noqa: F401  (registers the MOBIUS recipe)
-from twotower.config import RunConfig, dump_config
+from twotower.config import RunConfig
 from twotower.data.readers import TableSource
 from twotower.errors import ConfigError, DataError
 from twotower.eval.offline import encode_corpus, encode_queries, evaluate_requests
@@ -33,7 +32,8 @@ from twotower.features.feature_set import FeatureSet, feature_schema
 from twotower.index.export import write_vectors
 from twotower.models import TwoTowerModel, build_model
 from twotower.recipes import recipe_for
-from twotower.run import FORMAT_VERSION, RunDir, atomic_write_json, atomic_write_text
+from twotower.intake import start_run
+from twotower.run import FORMAT_VERSION, RunDir, atomic_write_json
 from twotower.runs import RunData, load_run, load_run_config, save_model
 from twotower.train.trainer import Trainer, TrainResult, resolve_device, seed_everything
 from twotower.types import Side
@@ -48,46 +48,28 @@ class RunSummary:
 
 
 # ---------------------------------------------------------------- training
-def _prepare_run_dir(cfg: RunConfig, overwrite: bool) -> RunDir:
-    run = RunDir(cfg.resolved_run_dir)
-    if run.root.exists() and any(run.root.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"run folder {run.root} already exists: resume it with "
-                              f"`twotower train --resume {run.root}`, pass --overwrite, or choose "
-                              "another name (--set name=...)")
-        shutil.rmtree(run.root)
-    return run.ensure()
-
-
 def train_run(cfg: RunConfig | None = None, resume_dir: str | Path | None = None,
               overwrite: bool = False, stream: bool = False) -> RunSummary:
     """Train (or resume) a run of any objective and evaluate it; everything lands in the run
-    folder. Resuming reads the config and fitted features back from the folder."""
+    folder. Resuming reads the config and fitted features back from the folder.
+
+    A fresh run's inputs are all checked and its features fitted before the run folder is
+    created (``twotower.intake``); a failed ``overwrite`` leaves the previous run as it was."""
     if resume_dir is not None:
         run = RunDir(resume_dir)
         cfg = load_run_config(run)
-        recipe = recipe_for(cfg)
-        recipe.check(cfg)
-        features = FeatureSet.load(run.features)
-    else:
-        if cfg is None:
-            raise ConfigError("train_run needs a config, or a run folder to resume")
-        recipe = recipe_for(cfg)
-        recipe.check(cfg)
-        features = FeatureSet(cfg.data.features, cfg.data.item_id)
-        data = RunData(cfg, features)
-        # validate the schemas before anything is written (or an old run replaced)
-        src = data.reader.source("train")
-        if cfg.data.split_column is None:
-            for split in ("valid", "test"):
-                data.reader.source(split)
-        if cfg.data.items is not None:
-            items = TableSource(cfg.data.items)
-            features.check_schema(items.schema, items.path, Side.ITEM)
-        run = _prepare_run_dir(cfg, overwrite)
-        atomic_write_text(run.config, dump_config(cfg))
-        features.fit(data.reader.chunks("train", features.columns()), src.path)
-        features.save(run.features)
+        recipe_for(cfg).check(cfg)
+        return _train(cfg, run, FeatureSet.load(run.features), True, stream)
+    if cfg is None:
+        raise ConfigError("train_run needs a config, or a run folder to resume")
+    recipe_for(cfg).check(cfg)
+    started = start_run(cfg, overwrite)
+    return started.finish(lambda: _train(cfg, started.run, started.features, False, stream))
+
+
+def _train(cfg: RunConfig, run: RunDir, features: FeatureSet, resumed: bool,
+           stream: bool) -> RunSummary:
+    recipe = recipe_for(cfg)
     data = RunData(cfg, features)
     t0 = time.perf_counter()
     corpus = data.corpus()
@@ -96,6 +78,7 @@ def train_run(cfg: RunConfig | None = None, resume_dir: str | Path | None = None
     model = build_model(cfg.model, schema)
     prepared = recipe.prepare(cfg, data, corpus, stream)
     valid = data.requests("valid", corpus)
+    warnings = warn_if_no_validation(valid)
     device = resolve_device(cfg.train.device)
 
     def validate(m: TwoTowerModel) -> dict:
@@ -103,7 +86,7 @@ def train_run(cfg: RunConfig | None = None, resume_dir: str | Path | None = None
 
     trainer = Trainer(model, prepared.task, cfg.train, run)
     result = trainer.fit(prepared.batches, validate if valid is not None else None, cfg.eval.metric,
-                         resume=resume_dir is not None, num_batches=prepared.num_batches)
+                         resume=resumed, num_batches=prepared.num_batches)
     save_model(model, run)
     summary = finish_run(run, cfg, features, model, data, corpus, device)
     summary.train = result
@@ -112,8 +95,22 @@ def train_run(cfg: RunConfig | None = None, resume_dir: str | Path | None = None
                                "examples_per_second": result.examples_per_second,
                                "seconds": time.perf_counter() - t0}
     summary.report.update(recipe.report(cfg, prepared, result.seconds))
+    summary.report["warnings"] = warnings
     atomic_write_json(run.report, summary.report)
     return summary
+
+
+def warn_if_no_validation(valid) -> list[str]:
+    """A run without validation requests trains blind: say so on stderr (and in report.json)."""
+    if valid is not None:
+        return []
+    import logging
+
+    from twotower.data.holdout import no_validation_warning
+
+    message = no_validation_warning()
+    logging.getLogger("twotower").warning(message)
+    return [message]
 
 
 def finish_run(run: RunDir, cfg: RunConfig, features: FeatureSet, model: TwoTowerModel,
@@ -127,6 +124,9 @@ def finish_run(run: RunDir, cfg: RunConfig, features: FeatureSet, model: TwoTowe
         if req is not None:
             metrics = {"split": split, **evaluate_requests(model, req, corpus, cfg.eval.ks,
                                                            cfg.eval.chunk_size, device, item_vecs)}
+            # the held-out queries are what `twotower index` checks its recall on
+            write_query_vectors(run, model, pa.array(req.keys), req.query,
+                                cfg.eval.group_by or "row", device)
             break
     atomic_write_json(run.metrics, metrics)
     export_embeddings(run, cfg, model, features, corpus, item_vecs)
@@ -176,10 +176,15 @@ def export_queries(run_dir: str | Path, table_path: str | Path | None = None,
         if req is None:
             raise DataError(f"the run has no {split!r} split to export queries from")
         keys, query = pa.array(req.keys), req.query
-    vecs = encode_queries(trained.model, query)  # [R, Vq, D]
+    return write_query_vectors(trained.dir, trained.model, keys, query, cfg.eval.group_by or "row")
+
+
+def write_query_vectors(run: RunDir, model: TwoTowerModel, keys: pa.Array, query: dict,
+                        key_name: str, device="cpu") -> dict:
+    """``embeddings/queries.{parquet,npy}``: the retrieval vectors [R, Vq*D] of encoded requests."""
+    vecs = encode_queries(model, query, device=device).cpu()  # [R, Vq, D]
     r, v, d = vecs.shape
-    return write_vectors(trained.dir.embeddings, "queries", keys, vecs.reshape(r, v * d).numpy(),
-                         cfg.eval.group_by or "row")
+    return write_vectors(run.embeddings, "queries", keys, vecs.reshape(r, v * d).numpy(), key_name)
 
 
 def export_run(run_dir: str | Path) -> dict:
@@ -189,17 +194,32 @@ def export_run(run_dir: str | Path) -> dict:
                              trained.corpus())
 
 
-def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
-    """Evaluate a trained run on one split; writes ``metrics.json``."""
-    if split not in ("train", "valid", "test"):
+def evaluate_run(run_dir: str | Path, split: str | None = None) -> dict:
+    """Evaluate a trained run on one split, or (``split=None``) on each of valid / test that the
+    run has; writes ``metrics.json`` (the test split's metrics when there is one, with every
+    evaluated split under ``splits``)."""
+    if split is not None and split not in ("train", "valid", "test"):
         raise ConfigError(f"split {split!r}: expected 'valid' or 'test' (or 'train')")
     trained = load_run(run_dir)
     cfg = trained.config
-    req = trained.requests(split)
-    if req is None:
-        raise DataError(f"the run's config has no {split!r} split to evaluate")
-    metrics = {"split": split, **evaluate_requests(trained.model, req, trained.corpus(),
-                                                   cfg.eval.ks, cfg.eval.chunk_size)}
+    splits = [split] if split is not None else [s for s in ("valid", "test")
+                                                if trained.data.reader.path(s) is not None]
+    if not splits:
+        raise DataError(f"{trained.dir.root}: the run has no valid or test split to evaluate (give "
+                        "--split train, or retrain with data.holdout / a split column)")
+    corpus = trained.corpus()
+    item_vecs = encode_corpus(trained.model, corpus)
+    by_split = {}
+    for name in splits:
+        req = trained.requests(name)
+        if req is None:
+            raise DataError(f"the run's config has no {name!r} split to evaluate")
+        by_split[name] = {"split": name, **evaluate_requests(trained.model, req, corpus, cfg.eval.ks,
+                                                             cfg.eval.chunk_size,
+                                                             item_vecs=item_vecs)}
+    metrics = dict(by_split[splits[-1]])
+    if len(by_split) > 1:
+        metrics["splits"] = by_split
     metrics["oov"] = trained.features.report()["oov"]
     atomic_write_json(trained.dir.metrics, metrics)
     return metrics

@@ -56,6 +56,12 @@ def load_model(run: RunDir, weights: Path | None = None) -> TwoTowerModel:
     return model
 
 
+def eval_columns(cfg: RunConfig) -> dict[str, str]:
+    """Columns the evaluation reads besides the features -> the config field naming each."""
+    return {c: f for c, f in ((cfg.eval.group_by, "eval.group_by"),
+                              (cfg.eval.exclude_seen_by, "eval.exclude_seen_by")) if c}
+
+
 def load_run_config(run: RunDir) -> RunConfig:
     if not run.config.is_file():
         raise ArtifactError(f"{run.root}: not a run folder (no config.yaml)")
@@ -74,8 +80,7 @@ class RunData:
     def __init__(self, cfg: RunConfig, features: FeatureSet):
         self.cfg = cfg
         self.features = features
-        extra = [c for c in (cfg.eval.exclude_seen_by, cfg.eval.group_by) if c]
-        self.reader = LogReader(cfg.data, features, extra_columns=extra)
+        self.reader = LogReader(cfg.data, features, extra_columns=eval_columns(cfg))
 
     def train_source(self, positives_only: bool, stream: bool = False) -> EncodedLog | StreamingLog:
         if stream:

@@ -15,7 +15,8 @@ from twotower.serve.app import create_app
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     simulate(SimulatorConfig(n_impressions=3000, n_ads=200, n_queries=60, n_users=50), root / "data")
-    train_run(simulator_config(root / "data", root / "run", train={"epochs": 1}), overwrite=True)
+    train_run(simulator_config(root / "data", root / "run", train={"epochs": 1, "batch_size": 64}),
+              overwrite=True)
     build_run_index(root / "run", "flat")
     return root / "run"
 

@@ -44,14 +44,21 @@ class TableSource:
         self.is_parquet = suffix in PARQUET_SUFFIXES
         try:
             if self.is_parquet:
-                self._pq = pq.ParquetFile(self.path)
+                # pages a writer checksummed are verified: a flipped byte is an error, not a value
+                self._pq = pq.ParquetFile(self.path, page_checksum_verification=True)
                 self.schema = self._pq.schema_arrow
             else:
                 # the same block size as the reads, so the schema checked is the one read
                 self.schema = self._csv_reader().schema
-        except (pa.ArrowInvalid, OSError) as err:
+        except (pa.ArrowException, OSError) as err:
             raise DataError(f"{self.path}: cannot be read as "
                             f"{'Parquet' if self.is_parquet else 'CSV/TSV'}: {err}") from None
+        names = list(self.schema.names)
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise DataError(f"{self.path}: column{'s' if len(twice) > 1 else ''} "
+                            f"{', '.join(map(repr, twice))} appear{'' if len(twice) > 1 else 's'} "
+                            "more than once; every column name must be unique")
 
     def _csv_reader(self) -> pacsv.CSVStreamingReader:
         delimiter = DELIMITED_SUFFIXES[self.path.suffix.lower()]
@@ -73,6 +80,15 @@ class TableSource:
                 f"{', '.join(repr(c) for c in missing)}{f' ({why})' if why else ''}; "
                 f"the file has: {', '.join(self.schema.names)}")
 
+    def require_fields(self, asked_by: dict[str, str]) -> None:
+        """Like ``require``, naming the config field that asked for each missing column
+        (``{"search_id": "eval.group_by"}``), so the user edits the right line."""
+        missing = {c: f for c, f in asked_by.items() if c not in self.schema.names}
+        if missing:
+            what = "; ".join(f"{c!r} (asked for by {f})" for c, f in missing.items())
+            raise DataError(f"{self.path}: missing column{'s' if len(missing) > 1 else ''} {what}; "
+                            f"the file has: {', '.join(self.schema.names)}")
+
     def iter_chunks(self, columns: Sequence[str] | None = None,
                     chunk_rows: int = 262_144) -> Iterator[pa.Table]:
         """Yield the file as tables of at most ``chunk_rows`` rows (row groups stream from disk)."""
@@ -80,9 +96,15 @@ class TableSource:
             self.require(columns)
             columns = list(dict.fromkeys(columns))
         if self.is_parquet:
-            for rb in self._pq.iter_batches(batch_size=chunk_rows, columns=columns):
+            batches = self._pq.iter_batches(batch_size=chunk_rows, columns=columns)
+            while True:
+                try:
+                    rb = next(batches)
+                except StopIteration:
+                    return
+                except (pa.ArrowException, OSError) as err:
+                    raise DataError(self._corruption(err, columns)) from None
                 yield pa.Table.from_batches([rb])
-            return
         reader = self._csv_reader()
         pending: list[pa.RecordBatch] = []
         rows = 0
@@ -96,6 +118,17 @@ class TableSource:
                 pending, rows = [], 0
         if pending:
             yield pa.Table.from_batches(pending)
+
+    def _corruption(self, err: Exception, columns: Sequence[str] | None) -> str:
+        """Where a Parquet read failed: the first (row group, column) that does not decode."""
+        for rg in range(self._pq.num_row_groups):
+            for col in columns or self.columns:
+                try:
+                    self._pq.read_row_group(rg, columns=[col])
+                except (pa.ArrowException, OSError) as col_err:
+                    return (f"{self.path}: corrupt Parquet data in column {col!r}, row group {rg} "
+                            f"of {self._pq.num_row_groups} ({col_err})")
+        return f"{self.path}: corrupt Parquet data ({err})"
 
     def read(self, columns: Sequence[str] | None = None) -> pa.Table:
         chunks = list(self.iter_chunks(columns))
@@ -130,7 +163,7 @@ def filter_split(table: pa.Table, column: str | None, value: str | None, path: P
     if column is None or value is None:
         return table
     if column not in table.column_names:
-        raise DataError(f"{path}: missing split column {column!r}")
+        raise DataError(f"{path}: missing split column {column!r} (asked for by data.split_column)")
     return table.filter(pc.equal(table[column].cast(pa.string()), value))
 
 
@@ -138,4 +171,5 @@ def write_parquet(table: pa.Table, path: str | Path, row_group_size: int = 131_0
     """Write a table atomically (temporary name in the same folder, then rename)."""
     from twotower.run import atomic_write
 
-    return atomic_write(path, lambda p: pq.write_table(table, p, row_group_size=row_group_size))
+    return atomic_write(path, lambda p: pq.write_table(table, p, row_group_size=row_group_size,
+                                                       write_page_checksum=True))

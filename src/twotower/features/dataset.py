@@ -84,12 +84,13 @@ class EncodedLog:
 
 def _numeric(table: pa.Table, column: str, path, what: str) -> np.ndarray:
     if column not in table.column_names:
-        raise DataError(f"{path}: missing {what} column {column!r}; the file has: "
+        raise DataError(f"{path}: missing {what} column {column!r} (asked for by data.{what}); "
+                        "the file has: "
                         f"{', '.join(table.column_names)}")
     col = table[column]
     t = col.type
     if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
-        raise DataError(f"{path}: {what} column {column!r} has type {t}, expected a number")
+        raise DataError(f"{path}: {what} column {column!r} (data.{what}) has type {t}, expected a number")
     x = np.asarray(col.cast(pa.float32()).fill_null(np.nan).to_numpy(zero_copy_only=False))
     bad = ~np.isfinite(x)
     if bad.all():
@@ -98,17 +99,49 @@ def _numeric(table: pa.Table, column: str, path, what: str) -> np.ndarray:
 
 
 class LogReader:
-    """Reads one split of the log described by a DataConfig, chunk by chunk."""
+    """Reads one split of the log described by a DataConfig, chunk by chunk.
 
-    def __init__(self, data_cfg, features: FeatureSet, extra_columns: list[str] | None = None):
+    ``extra_columns``: more columns to read, as a list or as ``{column: config field that asked
+    for it}`` (a missing column's error then names that field).
+    """
+
+    def __init__(self, data_cfg, features: FeatureSet,
+                 extra_columns: list[str] | dict[str, str] | None = None):
         self.cfg = data_cfg
         self.features = features
-        self.extra_columns = list(extra_columns or [])
+        asked = extra_columns if isinstance(extra_columns, dict) else {
+            c: "the caller" for c in extra_columns or []}
+        self.extra_fields = {c: f for c, f in asked.items() if c}
+        self.extra_columns = list(self.extra_fields)
+        self._holdout = None
+
+    def holdout(self):
+        """The run's ``data.holdout`` splitter (None without one)."""
+        if self.cfg.holdout is None:
+            return None
+        if self._holdout is None:
+            from twotower.data.holdout import Holdout
+
+            self._holdout = Holdout(self.cfg.holdout, TableSource(self.cfg.train))
+        return self._holdout
 
     def path(self, split: str):
         if self.cfg.split_column is not None:
             return self.cfg.train
+        if self.cfg.holdout is not None:
+            share = {"train": 1.0, "valid": self.cfg.holdout.valid, "test": self.cfg.holdout.test}
+            return self.cfg.train if share[split] > 0 else None
         return getattr(self.cfg, split)
+
+    def asked_by(self) -> dict[str, str]:
+        """Every non-feature column this reader needs -> the config field that asked for it."""
+        fields = {self.cfg.label: "data.label", self.cfg.weight: "data.weight",
+                  self.cfg.split_column: "data.split_column"}
+        if self.cfg.holdout is not None:
+            fields[self.cfg.holdout.group_by] = "data.holdout.group_by"
+            fields[self.cfg.holdout.time] = "data.holdout.time"
+        fields = {c: f for c, f in fields.items() if c}
+        return {**self.extra_fields, **fields}
 
     def source(self, split: str) -> TableSource | None:
         path = self.path(split)
@@ -116,8 +149,7 @@ class LogReader:
             return None
         src = TableSource(path)
         self.features.check_schema(src.schema, path)
-        needed = [c for c in (self.cfg.label, self.cfg.weight, self.cfg.split_column) if c]
-        src.require(needed + self.extra_columns, "declared in data")
+        src.require_fields(self.asked_by())
         return src
 
     def columns(self) -> list[str]:
@@ -134,8 +166,16 @@ class LogReader:
         columns = list(columns or self.columns())
         if self.cfg.split_column and self.cfg.split_column not in columns:
             columns.append(self.cfg.split_column)
+        holdout = self.holdout()
+        if holdout is not None and holdout.column and holdout.column not in columns:
+            columns.append(holdout.column)
+        start = 0
         for chunk in src.iter_chunks(columns, self.cfg.chunk_rows):
+            n = chunk.num_rows
             chunk = filter_split(chunk, self.cfg.split_column, value, src.path)
+            if holdout is not None:
+                chunk = chunk.filter(holdout.mask(chunk, split, start))
+            start += n
             if chunk.num_rows:
                 yield chunk
 
@@ -146,14 +186,21 @@ class LogReader:
         if weight is not None:
             weight = np.where(np.isfinite(weight), weight, 0.0).astype(np.float32)
         if label is not None:
-            label = np.where(np.isfinite(label), label, 0.0).astype(np.float32)
+            # a row without a label is neither a click nor an unclick: skipped and counted
+            # (report.json data.rows_skipped.label_missing), never read as 0
+            keep = np.isfinite(label)
+            if not keep.all():
+                self.features.skipped["label_missing"] += int((~keep).sum())
             if positives_only:
-                keep = label > 0
+                keep &= label > 0
+            if not keep.all():
                 chunk = chunk.filter(pa.array(keep))
                 label = label[keep]
                 weight = None if weight is None else weight[keep]
-        q = self.features.encode(chunk, Side.QUERY)
-        i = self.features.encode(chunk, Side.ITEM)
+            label = label.astype(np.float32)
+        enc = self.features.encode(chunk)  # every feature once: the rows are counted once
+        q = {n: enc[n] for n in self.features.names(Side.QUERY)}
+        i = {n: enc[n] for n in self.features.names(Side.ITEM)}
         raw = {c: np.asarray(chunk[c].to_numpy(zero_copy_only=False)) for c in self.extra_columns}
         return EncodedLog(q, i, i[self.features.item_id], label, weight, raw)
 

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from twotower.config import FeatureConfig, FeatureKind
+from twotower.errors import DataError
 from twotower.features.hashing import char_trigrams, hash_array, hash_strings, word_tokens
 from twotower.features.padding import pad_ragged
 
@@ -109,6 +110,12 @@ def _normalise_values(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
         arr = arr.combine_chunks()
     if pa.types.is_floating(arr.type):
         arr = pc.if_else(pc.is_nan(arr), None, arr)
+        fractional = pc.not_equal(pc.floor(arr), arr)
+        if pc.any(fractional).as_py():
+            bad = arr.filter(fractional)
+            raise DataError(f"{len(bad)} fractional value{'s' if len(bad) > 1 else ''} (e.g. "
+                            f"{bad[0].as_py()}) in an id column: ids must be whole numbers or "
+                            "strings (a float id would be truncated and merge different ids)")
         return arr.cast(pa.int64(), safe=False)
     if pa.types.is_dictionary(arr.type):
         return arr.cast(arr.type.value_type)

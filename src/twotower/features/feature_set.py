@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
@@ -30,6 +31,8 @@ class FeatureSet:
         self.encoders: dict[str, FeatureEncoder] = build_encoders(self.configs.values())
         self.oov_counts: Counter = Counter()
         self.rows_encoded = 0
+        #: rows left out of training, by reason (a label that is null / NaN ...)
+        self.skipped: Counter = Counter()
         self.fitted = False
 
     # ---- which features feed which tower
@@ -59,9 +62,10 @@ class FeatureSet:
         names = self.configs if side is None else self.names(side)
         missing = [self.configs[n].source for n in names if self.configs[n].source not in schema.names]
         if missing:
-            raise DataError(f"{path}: missing column{'s' if len(missing) > 1 else ''} "
-                            f"{', '.join(repr(c) for c in dict.fromkeys(missing))} (declared in "
-                            f"data.features); the file has: {', '.join(schema.names)}")
+            asked = "; ".join(f"{self.configs[n].source!r} (asked for by data.features: {n!r})"
+                              for n in names if self.configs[n].source not in schema.names)
+            raise DataError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {asked}; "
+                            f"the file has: {', '.join(schema.names)}")
         for n in names:
             f = self.configs[n]
             problem = self.encoders[n].type_problem(schema.field(f.source).type)
@@ -77,7 +81,8 @@ class FeatureSet:
         for chunk in progress(chunks, desc="fitting features", unit="chunk"):
             seen_chunk = True
             for name, enc in self.encoders.items():
-                enc.observe(chunk[self.configs[name].source])
+                with self._naming(name, path):
+                    enc.observe(chunk[self.configs[name].source])
         if not seen_chunk:
             raise DataError(f"{path}: no training rows")
         for name, enc in self.encoders.items():
@@ -100,13 +105,24 @@ class FeatureSet:
         names = self.configs if side is None else self.names(side)
         out: Encoded = {}
         for n in names:
-            arr, n_oov = self.encoders[n].encode(table[self.configs[n].source])
+            with self._naming(n):
+                arr, n_oov = self.encoders[n].encode(table[self.configs[n].source])
             out[n] = arr
             if count and n_oov:
                 self.oov_counts[n] += n_oov
-        if count:
+        if count and side is None:  # whole rows (a log's); one side alone is not a row
             self.rows_encoded += table.num_rows
         return out
+
+    @contextmanager
+    def _naming(self, name: str, path: Path | str | None = None):
+        """An encoder's DataError (e.g. a fractional id) gains the file, column and feature."""
+        try:
+            yield
+        except DataError as err:
+            where = f"{path}: " if path is not None else ""
+            raise DataError(f"{where}column {self.configs[name].source!r} (feature {name!r}): "
+                            f"{err}") from None
 
     def item_index(self, ids: pa.Array | list) -> tuple[np.ndarray, int]:
         """Encoded indices of raw item ids (OOV = 1) and how many were unknown."""
@@ -116,6 +132,7 @@ class FeatureSet:
     def report(self) -> dict:
         return {
             "rows_encoded": self.rows_encoded,
+            "rows_skipped": {k: int(v) for k, v in sorted(self.skipped.items())},
             "oov": {n: int(c) for n, c in sorted(self.oov_counts.items())},
             "vocabulary_sizes": {n: len(e.vocab) for n, e in self.encoders.items()
                                  if isinstance(e, CategoricalEncoder) and e.owns_vocab},

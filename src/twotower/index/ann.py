@@ -235,12 +235,17 @@ def add_in_chunks(index, x: np.ndarray, labels: np.ndarray, desc: str) -> None:
 def build_index(vectors: np.ndarray, ids: pa.Array | np.ndarray | list, kind: str = "flat",
                 params: dict | None = None, weights: np.ndarray | None = None,
                 normalize: bool = False, contract: dict | None = None,
-                weight_column: str | None = None) -> VectorIndex:
+                weight_column: str | None = None, check_recall: bool = True,
+                recall_queries: np.ndarray | None = None) -> VectorIndex:
     """Index ``vectors`` [N, D] under raw ``ids`` (any type), BRW ``weights`` [N] folded in.
 
     ``normalize``: L2-normalise the vectors first (cosine contracts); with ``weights`` the
-    index then ranks by ``cos(q, x) * w`` under plain inner product.
+    index then ranks by ``cos(q, x) * w`` under plain inner product. ``kind="auto"``: exact up
+    to ``recall.EXACT_MAX_ITEMS`` items, IVF above. ``check_recall``: measure recall@100 against
+    exact search on ``recall_queries`` (default: a sample of the items) into ``manifest["recall"]``.
     """
+    from twotower.index.recall import default_kind, kind_reason, recall_report
+
     vectors = np.asarray(vectors)
     if vectors.ndim != 2 or len(vectors) == 0:
         raise DataError(f"item vectors must be a non-empty [N, D] matrix, got shape {vectors.shape}")
@@ -252,6 +257,8 @@ def build_index(vectors: np.ndarray, ids: pa.Array | np.ndarray | list, kind: st
     if pc.count_distinct(ids).as_py() != len(ids):
         raise DataError("item ids are not unique")
     n, dim = vectors.shape
+    chosen = kind_reason(n) if kind == "auto" else "given"
+    kind = default_kind(n) if kind == "auto" else kind
     p = resolve_params(kind, n, dim, params)
     x = fold_weights(vectors, weights, normalize)
     t0 = time.perf_counter()
@@ -274,8 +281,12 @@ def build_index(vectors: np.ndarray, ids: pa.Array | np.ndarray | list, kind: st
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "build_seconds": time.perf_counter() - t0,
         "parent": None,
+        "kind_chosen": chosen,
     }
-    return VectorIndex(index, ids, manifest)
+    vi = VectorIndex(index, ids, manifest)
+    if check_recall:
+        manifest["recall"] = recall_report(vi.search, x, recall_queries)
+    return vi
 
 
 # ---------------------------------------------------------------- versions on disk
@@ -377,6 +388,7 @@ def add_items(vi: VectorIndex, vectors: np.ndarray, ids: pa.Array | list,
     base.manifest.update(next_label=start + len(x), count=base.count, parent=vi.version,
                          created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     base._id_lookup = None
+    _measure_again(base)
     return base
 
 
@@ -405,7 +417,16 @@ def remove_items(vi: VectorIndex, ids: pa.Array | list) -> VectorIndex:
     new.manifest.update(count=new.count, parent=vi.version,
                         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     new._id_lookup = None
+    _measure_again(new)
     return new
+
+
+def _measure_again(vi: VectorIndex) -> None:
+    """A version made from another one re-measures its recall (the parent's no longer holds)."""
+    if "recall" in vi.manifest:
+        from twotower.index.recall import stored_recall
+
+        vi.manifest["recall"] = stored_recall(vi)
 
 
 def _copy(vi: VectorIndex) -> VectorIndex:

@@ -34,10 +34,14 @@ def _weight_column(contract: dict, weight_column: str | None) -> str | None:
     return weight_column or brw
 
 
-def build_run_index(run_dir: str | Path, kind: str = "hnsw", params: dict | None = None,
+def build_run_index(run_dir: str | Path, kind: str = "auto", params: dict | None = None,
                     weight_column: str | None = None) -> VectorIndex:
     """Index the run's exported item vectors and save it as a new CURRENT version, with the
-    contract's business weight (or ``weight_column``) folded in."""
+    contract's business weight (or ``weight_column``) folded in.
+
+    ``kind="auto"`` picks exact search for small corpora and IVF for large ones
+    (``index.recall``); the recall@100 against exact search on the run's exported query vectors
+    (or a sample of items) is measured and kept in the manifest."""
     run = RunDir(run_dir)
     contract = read_contract(run_dir)
     path = run.embeddings / "items.parquet"
@@ -55,9 +59,21 @@ def build_run_index(run_dir: str | Path, kind: str = "hnsw", params: dict | None
                                  id_col, col, ids, str(src.path))
     contract = dict(contract, brw_weight=contract.get("brw_weight"))
     vi = build_index(vecs, ids, kind, params, weights, normalize=bool(contract.get("normalized")),
-                     contract=contract, weight_column=col)
+                     contract=contract, weight_column=col,
+                     recall_queries=_exported_queries(run))
     save_index(vi, run_dir)
     return vi
+
+
+def _exported_queries(run: RunDir) -> np.ndarray | None:
+    """The run's exported query vectors (``twotower export``), if any and readable."""
+    path = run.embeddings / "queries.parquet"
+    if not path.is_file():
+        return None
+    try:
+        return read_vectors(path)[1]
+    except (OSError, KeyError, ValueError, pa.ArrowException):  # stale or foreign: items sample instead
+        return None
 
 
 def encode_items(run_dir: str | Path, table: pa.Table, where: str = "items") -> np.ndarray:

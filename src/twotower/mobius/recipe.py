@@ -52,6 +52,16 @@ def teacher_columns(cfg: RunConfig) -> tuple[str, str]:
     return m.query_text, m.ad_text
 
 
+def teacher_fields(cfg: RunConfig) -> dict[str, str]:
+    """The teacher's columns -> the config field that names each."""
+    qcol, acol = teacher_columns(cfg)
+    if cfg.objective.mobius.teacher == "oracle":
+        return {qcol: "objective.mobius.query_key (oracle teacher)",
+                acol: "data.item_id (oracle teacher)"}
+    return {qcol: f"objective.mobius.query_text ({cfg.objective.mobius.teacher} teacher)",
+            acol: f"objective.mobius.ad_text ({cfg.objective.mobius.teacher} teacher)"}
+
+
 def check_mobius_config(cfg: RunConfig) -> None:
     """Every column the teacher and BRW need exists — checked before any work starts."""
     if cfg.objective.name != "mobius":
@@ -63,14 +73,7 @@ def check_mobius_config(cfg: RunConfig) -> None:
     m = cfg.objective.mobius
     src = TableSource(cfg.data.train)
     if m.bad_cases == "active":
-        qcol, acol = teacher_columns(cfg)
-        what = "simulator id" if m.teacher == "oracle" else "text"
-        missing = [c for c in (qcol, acol) if c not in src.schema.names]
-        if missing:
-            raise DataError(f"{src.path}: the {m.teacher} teacher needs the {what} column"
-                            f"{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
-                            f"(objective.mobius.query_text / ad_text / query_key); the file has: "
-                            f"{', '.join(src.schema.names)}")
+        src.require_fields(teacher_fields(cfg))
     if m.brw_column is not None:
         table_src = TableSource(cfg.data.items) if cfg.data.items is not None else src
         if m.brw_column not in table_src.schema.names:
@@ -106,7 +109,7 @@ class MobiusRecipe(Recipe):
         teacher, threshold = None, m.threshold
         qcol, acol = teacher_columns(cfg)
         reader = LogReader(cfg.data, data.features,
-                           extra_columns=[qcol, acol] if m.bad_cases == "active" else [])
+                           extra_columns=teacher_fields(cfg) if m.bad_cases == "active" else {})
         log = reader.load("train", positives_only=False)
         qk = np.zeros(len(log), dtype=np.int64)
         ak = np.zeros(len(log), dtype=np.int64)

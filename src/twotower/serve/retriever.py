@@ -185,7 +185,11 @@ class Retriever:
 
     def retrieve(self, requests: Sequence[dict] | pa.Table, k: int = 10,
                  exclude: list[list] | None = None) -> dict[str, Any]:
-        """Top-k raw ids and scores per request: ``{"results": [{"ids", "scores"}], "index_version"}``."""
+        """Top-k raw ids and scores per request.
+
+        Returns ``{"results": [{"ids": [...], "scores": [...]}, ...], "index_version": "v000001"}``:
+        one entry per request in order, ids best first (at most ``k``; fewer when the index or
+        ``exclude`` leaves fewer), and the index version every result came from."""
         live = self._live  # every batch of this call uses the same index version
         n = requests.num_rows if isinstance(requests, pa.Table) else len(requests)
         if exclude is not None and len(exclude) != n:

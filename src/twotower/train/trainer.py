@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from torch import nn
 
 from twotower.config import TrainConfig
 from twotower.errors import ArtifactError
-from twotower.progress import progress
+from twotower.progress import is_quiet, progress
 from twotower.run import RunDir
 from twotower.train.checkpoint import (list_checkpoints, load_checkpoint, load_weights,
                                        save_checkpoint, save_weights)
@@ -191,7 +192,7 @@ class Trainer:
         while (self.epoch < self.cfg.epochs and not stop
                and (patience is None or self.bad_epochs < patience)):
             t0 = time.perf_counter()
-            running, n_logged = 0.0, 0
+            running, n_logged, examples_before = 0.0, 0, self.examples
             batches = data.batches(self.cfg.batch_size, epoch=self.epoch, seed=self.cfg.seed,
                                    skip=self.batch_in_epoch)
             bar = progress(batches, total=num_batches, initial=self.batch_in_epoch,
@@ -234,6 +235,10 @@ class Trainer:
                     else:
                         self.bad_epochs += 1
             self._log(record)
+            if self.cfg.progress and not is_quiet():
+                print(epoch_line(record, self.cfg.epochs, metric,
+                                 (self.examples - examples_before) / max(record["seconds"], 1e-9)),
+                      file=sys.stderr, flush=True)
             self.epoch += 1
             self.batch_in_epoch = 0
             self.save_checkpoint()
@@ -250,3 +255,13 @@ class Trainer:
         return TrainResult(self.step, self.epoch, self.best_metric, self.best_epoch,
                            self.examples, train_seconds, self.history)
 
+
+def epoch_line(record: dict[str, Any], epochs: int, metric: str | None, per_second: float) -> str:
+    """One line per epoch — what a log file (nohup, CI, a scheduler) keeps, where no bar shows."""
+    parts = [f"epoch {record['epoch'] + 1}/{epochs}", f"loss {record['train_loss']:.4f}"]
+    valid = record.get("valid") or {}
+    if metric and isinstance(valid.get(metric), (int, float)):
+        parts.append(f"valid {metric} {valid[metric]:.4f}")
+    parts.append(f"{per_second:,.0f} examples/s")
+    parts.append(f"{record['seconds']:.1f} s")
+    return "  ".join(parts)
