@@ -117,7 +117,26 @@ def label_aware_logits(interests: torch.Tensor, items: torch.Tensor, power: floa
         valid = valid | ((torch.arange(k, device=valid.device) == 0) & ~valid.any(1, keepdim=True))
         # in place: the product's output is not needed by its backward
         return s.masked_fill_(~valid.unsqueeze(-1), NEG).amax(1)
-    return (masked_softmax(power * s, valid.unsqueeze(-1), dim=1) * s).sum(1)  # none valid: 0
+    return _SoftLabelAware.apply(s, valid.unsqueeze(-1), float(power))  # none valid: 0
+
+
+class _SoftLabelAware(torch.autograd.Function):
+    """sum_k w_k s_k with w = masked softmax_k(p s) over [B, K, N] scores, with the closed-form
+    gradient d/ds_j = w_j (1 + p (s_j - out)): two [B, K, N] buffers instead of autograd's many."""
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, m: torch.Tensor, p: float) -> torch.Tensor:
+        w = torch.softmax((s * p).masked_fill_(~m, NEG), 1).mul_(m)  # all-masked rows -> 0
+        out = (w * s).sum(1)
+        ctx.save_for_backward(s, w, out)
+        ctx.p = p
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        s, w, out = ctx.saved_tensors
+        g = (s - out.unsqueeze(1)).mul_(ctx.p).add_(1.0).mul_(w).mul_(grad.unsqueeze(1))
+        return g, None, None
 
 
 def label_aware_logits_reference(interests: torch.Tensor, items: torch.Tensor, power: float,
