@@ -16,6 +16,7 @@ sees half a file)::
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -76,10 +77,22 @@ def read_json_artifact(path: str | Path, what: str, hint: str = "",
         raise ArtifactError(f"{path}: {what} not found" + (f" — {hint}" if hint else "")) from None
     except json.JSONDecodeError as err:
         raise ArtifactError(f"{path}: corrupt {what} ({err})") from None
+    if format_version is not None and not isinstance(data, dict):
+        raise ArtifactError(f"{path}: corrupt {what} (expected a JSON object, got "
+                            f"{type(data).__name__})")
     if format_version is not None and data.get("format_version") != format_version:
         raise ArtifactError(f"{path}: {what} format version {data.get('format_version')} is not "
                             f"{format_version}")
     return data
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 4 MiB blocks (weights and indexes can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:

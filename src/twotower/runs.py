@@ -28,7 +28,7 @@ from twotower.features.feature_set import FeatureSet
 from twotower.features.requests import EvalRequests, build_requests
 from twotower.models import TwoTowerModel, build_model
 from twotower.run import FORMAT_VERSION, RunDir, atomic_write_json, read_json_artifact
-from twotower.train.checkpoint import load_weights
+from twotower.train.checkpoint import load_weights, verify_run_weights
 from twotower.types import FieldSpec, Side
 
 
@@ -51,6 +51,8 @@ def load_model(run: RunDir, weights: Path | None = None) -> TwoTowerModel:
     cfg = config_class.model_validate(fields)
     schema = {n: FieldSpec.from_json(s) for n, s in meta["schema"].items()}
     model = build_model(cfg, schema)
+    if weights is None:
+        verify_run_weights(run)  # flipped bytes can still load: the exported checksum tells
     load_weights(model, weights or run.weights)
     model.eval()
     return model

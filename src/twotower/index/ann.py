@@ -16,7 +16,6 @@ temporary name and renamed, so a half-written index never exists; loading re-che
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -31,12 +30,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from twotower.errors import ArtifactError, ConfigError, DataError
-from twotower.index.weights import fold_weights
+from twotower.index.manifest import (KINDS, check_faiss_structure, check_version_name,
+                                     validate_build_params, validate_manifest)
+from twotower.index.weights import check_business_weights, fold_weights
 from twotower.progress import chunk_starts
-from twotower.run import RunDir, atomic_write_dir, atomic_write_text, read_json_artifact
+from twotower.run import (RunDir, atomic_write_dir, atomic_write_text, read_json_artifact,
+                          sha256_file)
 
 INDEX_FORMAT_VERSION = 1
-KINDS = ("flat", "hnsw", "ivf-flat", "ivf-pq", "opq", "sq8", "fp16")
 
 #: Defaults chosen from bench/index.py (figures: README "Index and serving", bench/results/index.json).
 #: ``nlist=None`` = 4·√N; ``pq_m=None`` = D/2 sub-quantisers (2 dims each): higher recall than 16
@@ -63,14 +64,6 @@ def _faiss():
     return faiss
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def contract_fingerprint(contract: dict) -> dict:
     return {k: contract.get(k) for k in CONTRACT_KEYS}
 
@@ -86,6 +79,7 @@ def resolve_params(kind: str, n: int, dim: int, params: dict | None = None) -> d
                           f"{', '.join(sorted(unknown))} not valid for kind {kind!r}; "
                           f"valid: {', '.join(p) or 'none'}")
     p.update(params or {})
+    validate_build_params(kind, p)  # types and ranges, before any arithmetic on them
     if "nlist" in p:
         if p["nlist"] is None:
             p["nlist"] = int(4 * math.sqrt(max(n, 1)))
@@ -260,6 +254,8 @@ def build_index(vectors: np.ndarray, ids: pa.Array | np.ndarray | list, kind: st
     chosen = kind_reason(n) if kind == "auto" else "given"
     kind = default_kind(n) if kind == "auto" else kind
     p = resolve_params(kind, n, dim, params)
+    if weights is not None:
+        check_business_weights(weights, ids, weight_column)
     x = fold_weights(vectors, weights, normalize)
     t0 = time.perf_counter()
     index = _new_faiss_index(kind, p, dim, x)
@@ -320,7 +316,11 @@ def current_version(run_dir: str | Path) -> str:
     cur = index_root(run_dir) / "CURRENT"
     if not cur.is_file():
         raise ArtifactError(f"{Path(run_dir)}: no index built (run `twotower index {run_dir}`)")
-    return cur.read_text().strip()
+    try:
+        name = cur.read_text().strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{cur}: unreadable ({err})") from None
+    return check_version_name(name, str(cur))
 
 
 def load_index(run_dir: str | Path, version: str | None = None,
@@ -331,10 +331,13 @@ def load_index(run_dir: str | Path, version: str | None = None,
     the run's contract (``contract``, default: the run's contract.json) does not match.
     """
     faiss = _faiss()
-    version = version or current_version(run_dir)
+    version = check_version_name(version, "index version") if version else current_version(run_dir)
     folder = index_root(run_dir) / version
     mpath = folder / "manifest.json"
+    if not folder.is_dir():
+        raise ArtifactError(f"{folder}: index version {version} not found")
     manifest = read_json_artifact(mpath, "manifest", format_version=INDEX_FORMAT_VERSION)
+    manifest = validate_manifest(manifest, mpath, version)
     for name, digest in (manifest.get("files") or {}).items():
         f = folder / name
         if not f.is_file():
@@ -361,8 +364,21 @@ def load_index(run_dir: str | Path, version: str | None = None,
     if index.d != manifest["dim"] or index.ntotal != manifest["count"]:
         raise ArtifactError(f"{folder}: index holds {index.ntotal} x {index.d} vectors, manifest "
                             f"says {manifest['count']} x {manifest['dim']}")
+    check_faiss_structure(index, manifest, mpath)
+    _check_labels(index, ids, manifest, folder)
     apply_search_params(index, manifest["kind"], manifest["params"])
     return VectorIndex(index, ids, manifest, version, folder)
+
+
+def _check_labels(index, ids: pa.Array, manifest: dict, folder: Path) -> None:
+    """Every stored label must have a row in ids.parquet (one per label ever given)."""
+    if len(ids) != manifest["next_label"]:
+        raise ArtifactError(f"{folder}: ids.parquet holds {len(ids)} ids, the manifest's next_label "
+                            f"is {manifest['next_label']}; rebuild the index with `twotower index`")
+    labels = _faiss().vector_to_array(index.id_map) if hasattr(index, "id_map") else None
+    if labels is None or (len(labels) and (labels.min() < 0 or labels.max() >= len(ids))):
+        raise ArtifactError(f"{folder}: index.faiss labels do not match ids.parquet; rebuild the "
+                            "index with `twotower index`")
 
 
 # ---------------------------------------------------------------- new versions: add / remove
@@ -373,6 +389,8 @@ def add_items(vi: VectorIndex, vectors: np.ndarray, ids: pa.Array | list,
     if len(ids) != len(vectors):
         raise DataError(f"{len(ids)} ids for {len(vectors)} item vectors")
     existing = vi.labels_of(ids.to_pylist())
+    if weights is not None:  # new items may all weigh 0 (never shown); the index as a whole may not
+        check_business_weights(weights, ids, vi.manifest.get("weight_column"), allow_all_zero=True)
     base = remove_items(vi, ids.filter(pa.array(existing >= 0))) if (existing >= 0).any() else \
         _copy(vi)
     x = fold_weights(vectors, weights, base.manifest["normalized"])

@@ -30,6 +30,26 @@ def fold_weights(vectors: np.ndarray, weights: np.ndarray | None, normalize: boo
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def check_business_weights(weights: np.ndarray, ids: pa.Array, column: str | None,
+                           allow_all_zero: bool = False, where: str = "") -> None:
+    """BRW weights must be finite and >= 0, and not all 0 (every score would be 0): the error
+    names the column and the first offending item id (``where``: the file, as a prefix)."""
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    name = (f"{where}: " if where else "") + (f"business weight column {column!r}" if column
+                                              else "business weights")
+    if w.shape[0] != len(ids):
+        raise DataError(f"{name}: {w.shape[0]} weights for {len(ids)} items")
+    for bad, what in ((~np.isfinite(w), "not finite"), (w < 0, "negative")):
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{name}: item {ids[first].as_py()!r} has weight {w[first]} "
+                            f"({int(bad.sum())} of {len(w)} weights are {what}); weights must be "
+                            "finite and >= 0")
+    if not allow_all_zero and len(w) and not w.any():
+        raise DataError(f"{name}: every one of the {len(w)} weights is 0, so every item would "
+                        "score 0; check the column (weights scale cos(q, x), MOBIUS BRW)")
+
+
 def lookup_weights(table: pa.Table, id_column: str, weight_column: str, ids: pa.Array,
                    source: str) -> np.ndarray:
     """float32[N] weight of each id of ``ids`` read from ``table`` (the first row of an id wins);
@@ -53,10 +73,11 @@ def lookup_weights(table: pa.Table, id_column: str, weight_column: str, ids: pa.
         raise DataError(f"{source}: no {weight_column!r} weight for items {missing}")
     w = table[weight_column].combine_chunks().take(pos).cast(pa.float64())
     if w.null_count:
-        raise DataError(f"{source}: column {weight_column!r} has missing weights")
+        first = ids.filter(w.is_null()).slice(0, 1).to_pylist()
+        raise DataError(f"{source}: column {weight_column!r} has {w.null_count} missing weights "
+                        f"(item {first[0]!r} first)")
     w = np.asarray(w.to_numpy(zero_copy_only=False))
-    if not np.isfinite(w).all() or (w < 0).any():
-        raise DataError(f"{source}: weight column {weight_column!r} must be finite and >= 0")
+    check_business_weights(w, ids, weight_column, where=str(source))
     return w.astype(np.float32)
 
 

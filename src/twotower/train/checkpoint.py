@@ -2,7 +2,6 @@
 ``weights_only=True`` (no pickle execution), each checkpoint a folder renamed into place."""
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -13,7 +12,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from twotower.errors import ArtifactError
-from twotower.run import FORMAT_VERSION, atomic_write, atomic_write_dir
+from twotower.run import (FORMAT_VERSION, RunDir, atomic_write, atomic_write_dir,
+                          read_json_artifact, sha256_file)
 
 PREFIX = "step_"
 
@@ -48,7 +48,32 @@ def load_weights(module: torch.nn.Module, path: str | Path, strict: bool = True)
 
 
 def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return sha256_file(path)
+
+
+def verify_weights_digest(path: str | Path, expected: str | None, recorded_in: str | Path) -> None:
+    """Refuse weights whose sha256 differs from the one recorded when they were exported
+    (``weights_sha256`` of contract.json): flipped bytes in a safetensors file can still parse
+    and load, so only the checksum tells. ``expected=None`` (nothing recorded) skips the check."""
+    if expected is None:
+        return
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: weights not found")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ArtifactError(f"{path}: checksum mismatch — sha256 {actual[:12]}… but {recorded_in} "
+                            f"records weights_sha256 {str(expected)[:12]}…; the weights file is "
+                            "corrupt or was replaced. Restore it, or retrain the run")
+
+
+def verify_run_weights(run: RunDir) -> None:
+    """A run's ``model.safetensors`` against its contract.json (once the run was exported)."""
+    if not run.contract.is_file():
+        return  # mid-training: nothing recorded yet
+    contract = read_json_artifact(run.contract, "similarity contract")
+    expected = contract.get("weights_sha256") if isinstance(contract, dict) else None
+    verify_weights_digest(run.weights, expected, run.contract)
 
 
 def save_checkpoint(folder: Path, step: int, model: torch.nn.Module,
