@@ -229,7 +229,16 @@ def serve(run_dir: Optional[Path] = typer.Argument(None, help="run folder (or --
           host: str = typer.Option("127.0.0.1", help="bind address (loopback by default)"),
           port: int = typer.Option(8000),
           api_key: Optional[str] = typer.Option(None, envvar="TWOTOWER_API_KEY",
-                                                help="key required by /admin routes (X-API-Key)"),
+                                                help="admin key: enables /admin routes, which are "
+                                                     "off without it (X-API-Key or Bearer)"),
+          client_key: Optional[str] = typer.Option(None, envvar="TWOTOWER_CLIENT_KEY",
+                                                   help="if set, /retrieve and /metadata need this "
+                                                        "key (or the admin key)"),
+          cors_origin: List[str] = typer.Option([], "--cors-origin",
+                                                help="allow CORS from this origin (repeatable); "
+                                                     "no CORS headers by default"),
+          docs: bool = typer.Option(True, "--docs/--no-docs",
+                                    help="Swagger UI at /docs, served from local files"),
           max_k: int = typer.Option(1000, help="largest k a request may ask for"),
           inspector: bool = typer.Option(False, help="serve the retrieval inspector page at "
                                          "/inspector (behind the API key when one is set)"),
@@ -249,7 +258,8 @@ def serve(run_dir: Optional[Path] = typer.Argument(None, help="run folder (or --
 
             service = open_service(channels)
         run_server(run_dir, host=host, port=port, api_key=api_key, max_k=max_k,
-                   inspector=inspector, channels=service)
+                   inspector=inspector, channels=service, client_key=client_key,
+                   cors_origins=tuple(cors_origin), docs=docs)
 
     _run(go)
 

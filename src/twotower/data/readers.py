@@ -50,7 +50,8 @@ class TableSource:
             else:
                 # the same block size as the reads, so the schema checked is the one read
                 self.schema = self._csv_reader().schema
-        except (pa.ArrowException, OSError) as err:
+            self.schema.names  # noqa: B018 — a header that is not UTF-8 fails here, not later
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as err:
             raise DataError(f"{self.path}: cannot be read as "
                             f"{'Parquet' if self.is_parquet else 'CSV/TSV'}: {err}") from None
         names = list(self.schema.names)

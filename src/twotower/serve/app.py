@@ -1,33 +1,41 @@
 """HTTP retrieval service (FastAPI): ``twotower serve RUN_DIR``.
 
 Routes: ``POST /retrieve`` (query features as JSON -> ids, scores, index version), ``GET /health``,
-``GET /metadata``, ``POST /admin/reload`` (hot swap to the CURRENT index version, or a named one;
-guarded by an API key when one is set), OpenAPI docs at ``/docs``. Validation errors are 422s that
-name the field; k is capped; bodies over ``max_body_bytes`` get 413; unknown ids go to OOV.
+``GET /metadata``, ``POST /admin/reload`` (hot swap to the CURRENT index version, or a named one),
+Swagger UI at ``/docs`` from local files. Secure by default (``serve/security.py``): admin routes
+are off until an admin key is set, ``/retrieve`` and ``/metadata`` take an optional client key,
+CORS is opt-in, bodies are capped by the bytes read (413), error bodies carry no paths.
+Validation is strict and 422s name the field; k is capped; unknown ids go to OOV.
 """
 from __future__ import annotations
 
-import hmac
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Annotated, Any, Optional, Union
 
-from fastapi import FastAPI, Header, HTTPException, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from fastapi import Depends, FastAPI, HTTPException
+from pydantic import BaseModel, Field, StrictInt, StrictStr, WithJsonSchema
 
 from twotower.errors import ArtifactError, DataError
 from twotower.serve.inspector import install_inspector
 from twotower.serve.metrics import configure_access_log, install_metrics
-from twotower.serve.retriever import Retriever
+from twotower.serve.retriever import INT64_MAX, INT64_MIN, RequestFieldError, Retriever
+from twotower.serve.security import (SecurityConfig, admin_guard, client_guard,
+                                     install_error_handlers, install_middleware, public_message)
 
-Value = Union[int, float, str, list[Union[int, str]], None]
+Int64 = Annotated[StrictInt, Field(ge=INT64_MIN, le=INT64_MAX)]
+# checked against each field's feature kind by the Retriever (one clear message per field)
+QueryValue = Annotated[Any, WithJsonSchema({"anyOf": [
+    {"type": "integer"}, {"type": "number"}, {"type": "string"}, {"type": "null"},
+    {"type": "array", "items": {"anyOf": [{"type": "integer"}, {"type": "string"}]}}]})]
 
 
 class RetrieveRequest(BaseModel):
-    queries: list[dict[str, Value]] = Field(..., min_length=1,
-                                            description="one object of query features per request")
-    k: int = Field(10, ge=1, description="results per query (at most the server's max_k)")
-    exclude: Optional[list[list[Union[int, str]]]] = Field(
+    queries: list[dict[str, QueryValue]] = Field(
+        ..., min_length=1, description="one object of query features per request: ids are "
+        "integers or strings, text a string, dense a finite number, sequences a list of ids")
+    k: Annotated[StrictInt, Field(ge=1)] = Field(10, description="results per query (at most "
+                                                 "the server's max_k)")
+    exclude: Optional[list[list[Union[Int64, StrictStr]]]] = Field(
         None, description="per query: raw item ids never to return")
 
 
@@ -38,30 +46,35 @@ class RetrieveResponse(BaseModel):
 
 
 class ReloadRequest(BaseModel):
-    version: Optional[str] = Field(None, pattern=r"^v\d{6}$")
+    version: Optional[StrictStr] = Field(None, pattern=r"^v\d{6}$")
 
 
 def create_app(run_dir: str | Path | None = None, retriever: Retriever | None = None,
                max_k: int = 1000, max_batch: int = 1024, max_body_bytes: int = 1 << 20,
-               api_key: str | None = None, inspector: bool = False,
-               channels: Any = None) -> FastAPI:
-    """``channels``: a ``twotower.channels.ChannelService`` served in place of one run's
+               api_key: str | None = None, security: SecurityConfig | None = None,
+               docs: bool = True, inspector: bool = False, channels: Any = None) -> FastAPI:
+    """The app over ``retriever`` (or a new one of ``run_dir``). ``security`` carries the keys,
+    CORS origins and body limit (default: from ``api_key`` / ``max_body_bytes``, no client key,
+    no CORS); ``docs``: Swagger UI at /docs from local files; ``inspector``: the /inspector page.
+    ``channels``: a ``twotower.channels.ChannelService`` served in place of one run's
     ``Retriever`` (same interface; each result gains a per-item ``channels`` breakdown)."""
     retriever = channels or retriever or Retriever(run_dir)
-    app = FastAPI(title="twotower retrieval", version="1")
+    security = security or SecurityConfig(api_key=api_key, max_body_bytes=max_body_bytes)
+    app = FastAPI(title="twotower retrieval", version="1", docs_url=None, redoc_url=None)
     app.state.retriever = retriever
+    roots = _run_roots(retriever)
+    install_error_handlers(app, roots=roots)
+    install_middleware(app, security)
+    if docs:
+        from twotower.serve.docs import mount_offline_docs
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > max_body_bytes:
-            return JSONResponse({"detail": f"request body over {max_body_bytes} bytes"}, 413)
-        return await call_next(request)
+        mount_offline_docs(app)
+    client, admin = Depends(client_guard(security)), Depends(admin_guard(security))
 
     def _error(loc: list, msg: str) -> HTTPException:
         return HTTPException(422, [{"loc": loc, "msg": msg, "type": "value_error"}])
 
-    @app.post("/retrieve", response_model=RetrieveResponse)
+    @app.post("/retrieve", response_model=RetrieveResponse, dependencies=[client])
     def retrieve(req: RetrieveRequest) -> dict:
         if req.k > max_k:
             raise _error(["body", "k"], f"k must be at most {max_k}")
@@ -77,43 +90,53 @@ def create_app(run_dir: str | Path | None = None, retriever: Retriever | None = 
                              f"unknown field; query fields are {', '.join(sorted(cols))}")
         try:
             return retriever.retrieve(req.queries, req.k, req.exclude)
+        except RequestFieldError as err:
+            raise _error(["body", "queries", err.row, err.field], str(err)) from None
         except DataError as err:
-            raise _error(["body", "queries"], str(err)) from None
+            raise _error(["body", "queries"], public_message(str(err), roots)) from None
 
     @app.get("/health")
     def health() -> dict:
         return {"status": "ok", "index_version": retriever.version, "count": retriever.index.count}
 
-    @app.get("/metadata")
+    @app.get("/metadata", dependencies=[client])
     def metadata() -> dict:
         return retriever.metadata()
 
-    @app.post("/admin/reload")
-    def reload(req: Optional[ReloadRequest] = None,
-               x_api_key: Optional[str] = Header(None)) -> dict:
-        if api_key is not None and not (x_api_key and hmac.compare_digest(x_api_key, api_key)):
-            raise HTTPException(401, "missing or wrong X-API-Key")
+    @app.post("/admin/reload", dependencies=[admin])
+    def reload(req: Optional[ReloadRequest] = None) -> dict:
         old = retriever.version
         try:
             new = retriever.reload(req.version if req else None)
         except ArtifactError as err:
-            raise HTTPException(409, f"reload refused, still serving {old}: {err}") from None
+            raise HTTPException(409, f"reload refused, still serving {old}: "
+                                f"{public_message(str(err), roots)}") from None
         return {"previous": old, "index_version": new}
 
     # observability and the inspector live in their own modules (serve/metrics.py, inspector.py)
     install_metrics(app, retriever)
     if inspector:
-        install_inspector(app, retriever, api_key)
+        install_inspector(app, retriever, security.api_key or security.client_key)
     return app
 
 
+def _run_roots(retriever: Any) -> list[Path]:
+    """Run folders whose paths error bodies show relative (a channel service may have none)."""
+    run = getattr(retriever, "run", None)
+    return [run.root] if getattr(run, "root", None) is not None else []
+
+
 def serve(run_dir: str | Path | None, host: str = "127.0.0.1", port: int = 8000,
-          api_key: str | None = None, max_k: int = 1000, workers_threads: int | None = None,
-          inspector: bool = False, channels: Any = None) -> None:
+          api_key: str | None = None, max_k: int = 1000, inspector: bool = False,
+          channels: Any = None, client_key: str | None = None,
+          cors_origins: tuple[str, ...] = (), docs: bool = True) -> None:
     """``channels``: an opened ``ChannelService`` to serve instead of ``run_dir``'s retriever
     (the CLI opens it: serve never imports the channels stage, which sits above it)."""
     import uvicorn
 
     configure_access_log()
-    app = create_app(run_dir, max_k=max_k, api_key=api_key, inspector=inspector, channels=channels)
+    security = SecurityConfig(api_key=api_key, client_key=client_key,
+                              cors_origins=tuple(cors_origins))
+    app = create_app(run_dir, max_k=max_k, security=security, docs=docs, inspector=inspector,
+                     channels=channels)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -131,7 +131,7 @@ def install_inspector(app, retriever, api_key: str | None) -> Inspector:
     app.state.inspector = inspector
 
     def check(key: Optional[str]) -> None:
-        if api_key is not None and not (key and hmac.compare_digest(key, api_key)):
+        if api_key is not None and not (key and hmac.compare_digest(key.encode(), api_key.encode())):
             raise HTTPException(401, "missing or wrong X-API-Key")
 
     @app.get("/inspector", response_class=HTMLResponse, include_in_schema=False)

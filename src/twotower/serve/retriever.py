@@ -13,6 +13,7 @@ keeps serving.
 """
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,62 @@ def merge_multi_vector(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[
     out_l = np.take_along_axis(labels, top, 1)
     out_l = np.where(np.isfinite(out_s), out_l, -1)
     return out_s, out_l
+
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+class RequestFieldError(DataError):
+    """A request value of the wrong type for its feature: names the field and the query."""
+
+    def __init__(self, field: str, row: int, message: str):
+        super().__init__(message)
+        self.field, self.row = field, row
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int or (isinstance(v, np.integer) and not isinstance(v, np.bool_))
+
+
+def _id_problem(v: Any) -> str | None:
+    """Why ``v`` is not an id (an int64 integer or a string); None when it is one."""
+    if isinstance(v, str):
+        return None
+    if _is_int(v):
+        return None if INT64_MIN <= int(v) <= INT64_MAX else "integer outside the int64 range"
+    return f"expected an integer or string id, got {_json_type(v)}"
+
+
+def _json_type(v: Any) -> str:
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, float):
+        return "a number with a fraction" if math.isfinite(v) else f"{v}"
+    if isinstance(v, (list, tuple)):
+        return "a list"
+    if isinstance(v, dict):
+        return "an object"
+    return type(v).__name__
+
+
+def value_problem(kind: FeatureKind, v: Any) -> str | None:
+    """Why request value ``v`` does not fit a ``kind`` feature (strict: no bool-as-int, no
+    stringified lists, no non-finite numbers); None when it fits. ``None`` values are missing."""
+    if v is None:
+        return None
+    if kind == FeatureKind.SEQUENCE:
+        for x in (v if isinstance(v, list) else [v]):
+            why = _id_problem(x)
+            if why:
+                return f"sequence element: {why}"
+        return None
+    if kind == FeatureKind.TEXT:
+        return None if isinstance(v, str) else f"expected a string, got {_json_type(v)}"
+    if kind == FeatureKind.DENSE:
+        if _is_int(v) or (isinstance(v, (float, np.floating)) and math.isfinite(v)):
+            return None
+        return f"expected a finite number, got {_json_type(v)}"
+    return _id_problem(v)  # categorical / hashed ids
 
 
 @dataclass
@@ -114,6 +171,11 @@ class Retriever:
         kinds = {self.features.configs[n].kind for n in self.query_features
                  if self.features.configs[n].source == name}
         kind = next(iter(kinds))
+        for row, v in enumerate(values):
+            why = value_problem(kind, v)
+            if why:
+                raise RequestFieldError(name, row, f"field {name!r} of query {row}: {why} "
+                                        f"(a {kind.value} feature)")
         present = [v for v in values if v is not None]
         try:
             if kind in (FeatureKind.SEQUENCE,):
@@ -130,7 +192,7 @@ class Retriever:
                                for v in present):
                 return pa.array(values, pa.int64())
             return pa.array([None if v is None else str(v) for v in values], pa.string())
-        except (TypeError, ValueError, pa.ArrowInvalid) as err:
+        except (TypeError, ValueError, OverflowError, pa.ArrowInvalid) as err:
             raise DataError(f"field {name!r}: bad value for a {kind.value} feature ({err})") from None
 
     def to_table(self, requests: Sequence[dict] | pa.Table) -> pa.Table:
@@ -198,7 +260,12 @@ class Retriever:
         for start in range(0, n, self.batch_size):
             part = requests.slice(start, self.batch_size) if isinstance(requests, pa.Table) \
                 else requests[start:start + self.batch_size]
-            q = self.encode(part)
+            try:
+                q = self.encode(part)
+            except RequestFieldError as err:  # the row within this batch -> within the request
+                raise RequestFieldError(err.field, err.row + start,
+                                        str(err).replace(f"of query {err.row}:",
+                                                         f"of query {err.row + start}:")) from None
             ex = exclude[start:start + self.batch_size] if exclude is not None else None
             s, lab, _ = self.search_vectors(q, k, ex, live)
             ids = live.index.raw_ids(np.where(lab < 0, 0, lab))
