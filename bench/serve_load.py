@@ -3,17 +3,20 @@
 Trains a small DSSM on the simulator, replaces its index by one of ``--items`` vectors (the run's
 ads plus synthetic unit vectors, so the index has the asked size and the run's contract), starts
 ``twotower serve`` on 127.0.0.1, and runs ``--clients`` concurrent clients for ``--seconds`` each
-phase. Phase 2 saves a new index version mid-load and calls POST /admin/reload. Reports p50 / p99
+phase. Phase 2 saves a new index version mid-load and calls POST /admin/reload (admin routes are
+off without a key, so the service gets a random one through TWOTOWER_API_KEY). Reports p50 / p99
 latency, throughput and errors (must be 0). Traffic goes only to loopback.
 After each phase it scrapes ``GET /metrics``: the request counter must have moved by the phase's
 requests, and the service's latency histogram (the phase's bucket deltas, quantiles interpolated as
 PromQL does) must give the client-measured p50 / p99 within the width of the bucket holding them.
-Usage: python bench/serve_load.py [--items 1000000] [--clients 16] [--seconds 30]
+Usage: python bench/serve_load.py [--items 1000000] [--clients 16] [--seconds 30] [--out FILE]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -161,9 +164,11 @@ def main() -> None:
         run, queries = make_run(Path(tmp), args.items)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
+        admin_key = secrets.token_urlsafe(24)
         proc = subprocess.Popen([sys.executable, "-m", "twotower.cli", "serve", str(run),
                                  "--port", str(port)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+                                stderr=subprocess.DEVNULL,
+                                env={**os.environ, "TWOTOWER_API_KEY": admin_key})
         try:
             for _ in range(600):
                 try:
@@ -183,7 +188,8 @@ def main() -> None:
                 time.sleep(args.seconds / 3)
                 new = save_index(load_index(run), run)  # a new version of the same index
                 t0 = time.perf_counter()
-                r = httpx.post(url + "/admin/reload", json={"version": new}, timeout=600)
+                r = httpx.post(url + "/admin/reload", json={"version": new}, timeout=600,
+                               headers={"Authorization": f"Bearer {admin_key}"})
                 return {"status": r.status_code, "version": new,
                         "reload_s": time.perf_counter() - t0}
 

@@ -40,3 +40,26 @@ def tiny_config(sim_dir):
         return simulator_config(sim_dir, run_dir, **secs)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def served_run(sim_dir, tmp_path_factory) -> Path:
+    """A tiny trained simulator run with a flat index (tests/reliability): read it, don't edit it."""
+    from twotower.index.run_index import build_run_index
+    from twotower.pipeline import train_run
+    from twotower.presets import simulator_config
+
+    run = tmp_path_factory.mktemp("served") / "run"
+    train_run(simulator_config(sim_dir, run, **tiny_sections(epochs=1)), overwrite=True, quiet=True)
+    build_run_index(run, "flat")
+    return run
+
+
+@pytest.fixture
+def run_copy(served_run, tmp_path) -> Path:
+    """A private copy of ``served_run`` (same data files) for a test to corrupt."""
+    import shutil
+
+    dst = tmp_path / "run"
+    shutil.copytree(served_run, dst)
+    return dst
