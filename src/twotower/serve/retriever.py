@@ -83,7 +83,7 @@ def _json_type(v: Any) -> str:
     if isinstance(v, bool):
         return "a boolean"
     if isinstance(v, float):
-        return "a number with a fraction" if math.isfinite(v) else f"{v}"
+        return f"a floating-point number ({v})" if math.isfinite(v) else f"{v}"
     if isinstance(v, (list, tuple)):
         return "a list"
     if isinstance(v, dict):
