@@ -22,7 +22,7 @@ from twotower.serve.app import create_app
 DOCUMENTED = {200, 400, 413, 422}
 # allow_subnormal=False: FAISS / torch load with flush-to-zero set, where hypothesis cannot
 # draw subnormal floats
-FUZZ = settings(max_examples=100, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=100, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 scalars = st.one_of(

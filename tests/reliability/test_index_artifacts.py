@@ -102,16 +102,18 @@ def test_current_must_name_a_version_of_this_run(run_copy, current):
         load_index(run_copy, "../v000001")
 
 
-WEIGHT_CASES = {  # weights per item row -> what the error names
-    "all zero": (lambda n: np.zeros(n), "every one of the"),
-    "NaN": (lambda n: np.where(np.arange(n) == 7, np.nan, 1.0), "not finite"),
-    "negative": (lambda n: np.where(np.arange(n) == 7, -2.0, 1.0), "negative"),
+WEIGHT_CASES = {  # weights per item row -> what the error says; does it name item row 7?
+    "all zero": (lambda n: np.zeros(n), "every one of the", False),
+    "NaN": (lambda n: np.where(np.arange(n) == 7, np.nan, 1.0), "not finite", True),
+    "negative": (lambda n: np.where(np.arange(n) == 7, -2.0, 1.0), "negative", True),
+    "missing": (lambda n: [None if i == 7 else 1.0 for i in range(n)], "missing weights", True),
+    "text": (lambda n: ["high"] * n, "expected numbers", False),
 }
 
 
 @pytest.mark.parametrize("case", list(WEIGHT_CASES))
 def test_bad_business_weights_name_the_column_and_an_item(run_copy, tmp_path, case):
-    make, words = WEIGHT_CASES[case]
+    make, words, names_item = WEIGHT_CASES[case]
     cfg_path = run_copy / "config.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
     ads = pq.read_table(cfg["data"]["items"])
@@ -123,11 +125,9 @@ def test_bad_business_weights_name_the_column_and_an_item(run_copy, tmp_path, ca
         build_run_index(run_copy, "flat", weight_column="bid")
     msg = str(err.value)
     assert "'bid'" in msg and words in msg, msg
-    if case != "all zero":  # the offending item is named by its raw id
+    if names_item:  # the offending item is named by its raw id
         assert f"item {ads['ad_id'][7].as_py()!r}" in msg, msg
-    # the same check guards the Python API
-    vecs = np.ones((5, 4), np.float32)
-    with pytest.raises(DataError, match="'w'"):
-        build_index(vecs, ["a", "b", "c", "d", "e"], "flat", weights=make(5) if case == "all zero"
-                    else np.array([1, 1, -1.0 if case == "negative" else np.nan, 1, 1]),
-                    weight_column="w")
+    if case in ("all zero", "NaN", "negative"):  # the same check guards the Python API
+        with pytest.raises(DataError, match="'w'.*item 'e'" if names_item else "'w'"):
+            build_index(np.ones((5, 4), np.float32), ["a", "b", "c", "d", "e"], "flat",
+                        weights=make(10)[3:8], weight_column="w")
