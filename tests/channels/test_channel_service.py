@@ -68,7 +68,7 @@ def test_http_breakdown_exclusion_and_weight_hot_swap(tmp_path):
     fakes = {"a": Fake("a", [1, 2, 3, 4]), "b": Fake("b", [4, 5, 6, 7], fields=("history",))}
     cfg = config(tmp_path, fakes, exclude_field="history")
     svc = ChannelService(cfg, fakes)
-    client = TestClient(create_app(channels=svc, max_k=20))
+    client = TestClient(create_app(channels=svc, max_k=20, api_key="k"))
     r = client.post("/retrieve", json={"queries": [{"user_id": 1, "history": [2]}], "k": 5})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -82,7 +82,7 @@ def test_http_breakdown_exclusion_and_weight_hot_swap(tmp_path):
     # new learned weights reach the live service without a restart
     WeightsFile(cfg.weights_path).save({"a": 0.0, "b": 2.0}, None, "test")
     v0 = body["index_version"]
-    r = client.post("/admin/reload")
+    r = client.post("/admin/reload", headers={"X-API-Key": "k"})  # admin routes need a key
     assert r.status_code == 200 and r.json()["index_version"] != v0
     ids = client.post("/retrieve", json={"queries": [{"user_id": 1}], "k": 5}).json()["results"][0]["ids"]
     assert ids[:4] == [4, 5, 6, 7]
