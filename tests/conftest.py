@@ -50,7 +50,7 @@ def served_run(sim_dir, tmp_path_factory) -> Path:
     from twotower.presets import simulator_config
 
     run = tmp_path_factory.mktemp("served") / "run"
-    train_run(simulator_config(sim_dir, run, **tiny_sections(epochs=1)), overwrite=True, quiet=True)
+    train_run(simulator_config(sim_dir, run, **tiny_sections(epochs=1)), overwrite=True)
     build_run_index(run, "flat")
     return run
 

@@ -107,7 +107,7 @@ WEIGHT_CASES = {  # weights per item row -> what the error says; does it name it
     "NaN": (lambda n: np.where(np.arange(n) == 7, np.nan, 1.0), "not finite", True),
     "negative": (lambda n: np.where(np.arange(n) == 7, -2.0, 1.0), "negative", True),
     "missing": (lambda n: [None if i == 7 else 1.0 for i in range(n)], "missing weights", True),
-    "text": (lambda n: ["high"] * n, "expected numbers", False),
+    "text": (lambda n: ["high"] * n, "expected a number", False),
 }
 
 
