@@ -97,9 +97,9 @@ def tables(draw):
 # (what, where as a share of the file in 1/1000, xor mask): a flipped byte or a cut-off file
 damage = st.one_of(st.none(), st.tuples(st.just("flip"), st.integers(0, 999), st.integers(1, 255)),
                    st.tuples(st.just("truncate"), st.integers(0, 999), st.just(0)))
-#: damaged files and duplicate column names: on once the readers' fixes for corrupt pages and
-#: repeated columns (helper `inputs`, same issue) are on main
-DAMAGED_FILES = False
+#: damaged files and duplicate column names (the readers refuse corrupt pages and repeated
+#: columns with a DataError)
+DAMAGED_FILES = True
 
 
 @FUZZ
