@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[index,serve,bench,dev,channels]'
+	$(BIN)/pip install -q -e '.[index,serve,bench,dev,channels,teacher]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -212,3 +212,23 @@ def test_engagement_follows_its_truth(sim, log):
     relevant = rel >= truth.relevance_threshold
     assert clicked.conversion[relevant].mean() > 3 * max(clicked.conversion[~relevant].mean(), 1e-3)
     assert np.allclose(t.page_length, truth.ad_page_length[t.ad_id])
+
+
+def test_sparse_candidates_equal_the_dense_top_counts():
+    """The inverted-index path of large worlds picks, per query, ads with the same shared-word
+    counts as the dense product's top C (ties at random), distinct and best first."""
+    from twotower.data import simulator as S
+
+    cfg = SimulatorConfig(n_ads=1500, n_queries=400, n_advertisers=60, candidates_per_search=20)
+    vocab = S._Vocab.build()
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(0).spawn(3)]
+    ads, queries = S._make_ads(cfg, vocab, rngs[0]), S._make_queries(cfg, vocab, rngs[1])
+    cand, shared = S._lexical_candidates(cfg, vocab, queries["word_ids"], ads["word_ids"], rngs[2],
+                                         dense_cells=0)
+    v = len(vocab.words)
+    counts = S._onehot(queries["word_ids"], v) @ S._onehot(ads["word_ids"], v).T
+    assert (cand >= 0).all() and all(len(set(row)) == 20 for row in cand)
+    assert np.array_equal(np.take_along_axis(counts, cand, 1).astype(np.int64), shared)
+    assert np.array_equal(-np.sort(-counts, axis=1)[:, :20].astype(np.int64), shared)
+    assert (np.diff(shared, axis=1) <= 0).all()
+    assert (shared[:, -1] == 0).any() and (shared[:, 0] > 0).all()  # both paths of the fill

