@@ -157,6 +157,44 @@ class MobiusObjectiveConfig(StrictModel):
                                "(added to warmup_steps)")
     brw_column: str | None = Field("bid", description="business related weight column of the "
                                    "item table (None: no BRW export)")
+    # MOBIUS v2 (README, MOBIUS v2): departures from Algorithm 1, each measured on validation.
+    # None = the mode's value (MOBIUS_RECIPES): v2's recipe, or Algorithm 1's under mode: paper.
+    mode: Literal["paper", "v2"] = Field(
+        "v2", description="paper: Algorithm 1 as printed (v2 options keep their paper values); "
+        "v2: the recipe measured best on validation (README, MOBIUS v2)")
+    clean_labels: Literal["none", "relabel_bad", "downweight"] | None = Field(
+        None, description="clicked impressions the teacher calls low-relevance: relabelled bad, "
+        "down-weighted (clean_weight) or kept as clicks (none, the paper)")
+    clean_weight: float = Field(0.1, ge=0, le=1, description="downweight: loss weight of a "
+                                "low-relevance click")
+    item_id_dropout: float | None = Field(
+        None, ge=0, lt=1, description="share of training rows whose ad id is replaced by the "
+        "out-of-vocabulary id, so ads never shown are placed by their text, category, advertiser")
+    brw_alpha: float | None = Field(None, ge=0, description="tempered BRW: index vectors "
+                                    "normalize(v) * w^alpha (1: the paper's cos x w)")
+
+    @model_validator(mode="after")
+    def _mode_values(self) -> "MobiusObjectiveConfig":
+        recipe = MOBIUS_RECIPES[self.mode]
+        for name, value in recipe.items():
+            mine = getattr(self, name)
+            if mine is None:
+                object.__setattr__(self, name, value)
+            elif self.mode == "paper" and mine != value:
+                raise ValueError(f"{name}: {mine!r} is a v2 option; mode: paper (Algorithm 1) "
+                                 f"needs {value!r} (or set mode: v2)")
+        return self
+
+
+#: the values of the v2 options under each mode (model.retrieval too, see models/mobius.py).
+#: v2's defaults move off Algorithm 1's only where bench/mobius.py measured a gain on validation
+#: at the scaled world (README, MOBIUS v2); until then v2 differs from paper by its
+#: teacher-relevant model selection and by accepting the options.
+MOBIUS_RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {"clean_labels": "none", "item_id_dropout": 0.0, "brw_alpha": 1.0},
+    "v2": {"clean_labels": "none", "item_id_dropout": 0.0, "brw_alpha": 1.0},
+}
+MOBIUS_RETRIEVAL = {"paper": "click", "v2": "click"}
 
 
 class ObjectiveConfig(StrictModel):

@@ -82,7 +82,8 @@ def _train(cfg: RunConfig, run: RunDir, features: FeatureSet, resumed: bool,
     device = resolve_device(cfg.train.device)
 
     def validate(m: TwoTowerModel) -> dict:
-        return evaluate_requests(m, valid, corpus, cfg.eval.ks, cfg.eval.chunk_size, device)
+        return evaluate_requests(m, valid, corpus, cfg.eval.ks, cfg.eval.chunk_size, device,
+                                 extra=prepared.validation_metrics)
 
     trainer = Trainer(model, prepared.task, cfg.train, run)
     result = trainer.fit(prepared.batches, validate if valid is not None else None, cfg.eval.metric,

@@ -30,6 +30,8 @@ class Prepared:
     batches: Any  # has .batches(batch_size, epoch, seed, skip), like EncodedLog
     num_batches: int | None = None
     state: dict = field(default_factory=dict)  # anything ``report`` needs
+    #: more validation metrics from the same ranking (``evaluate_requests(extra=...)``)
+    validation_metrics: Any = None
 
 
 class Recipe:

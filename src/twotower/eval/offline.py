@@ -61,19 +61,23 @@ def rank_targets(query_vecs: torch.Tensor, item_vecs: torch.Tensor, targets: CSR
 
 def evaluate_requests(model, requests: EvalRequests, corpus: ItemCorpus, ks: list[int],
                       chunk_size: int = 1024, device: str | torch.device = "cpu",
-                      item_vecs: torch.Tensor | None = None) -> dict[str, float]:
-    """HitRate@K, Recall@K, NDCG@K, MRR and item coverage over full-corpus rankings."""
+                      item_vecs: torch.Tensor | None = None, extra=None) -> dict[str, float]:
+    """HitRate@K, Recall@K, NDCG@K, MRR and item coverage over full-corpus rankings.
+    ``extra(ranks, request of each target, top-k positions, n_requests, ks) -> dict``: more
+    metrics from the same ranking (MOBIUS v2's teacher-relevant ones)."""
     if item_vecs is None:
         item_vecs = encode_corpus(model, corpus, device=device)
     q = encode_queries(model, requests.query, device=device)
-    return evaluate_vectors(q, item_vecs, requests, ks, chunk_size)
+    return evaluate_vectors(q, item_vecs, requests, ks, chunk_size, extra)
 
 
 def evaluate_vectors(query_vecs: torch.Tensor, item_vecs: torch.Tensor, requests: EvalRequests,
-                     ks: list[int], chunk_size: int = 1024) -> dict[str, float]:
+                     ks: list[int], chunk_size: int = 1024, extra=None) -> dict[str, float]:
     ranks, t_req, topk = rank_targets(query_vecs, item_vecs, requests.targets, requests.exclude,
                                       max(ks), chunk_size)
     out = ranking_metrics(ranks, t_req, len(requests), ks, topk, item_vecs.shape[0])
+    if extra is not None:
+        out.update(extra(ranks, t_req, topk, len(requests), ks))
     if requests.missed_requests:
         ranked = len(requests)
         total = ranked + requests.missed_requests

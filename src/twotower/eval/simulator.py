@@ -148,3 +148,22 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     if n_pos == 0 or n_neg == 0:
         return float("nan")
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+@torch.no_grad()
+def run_vectors(run_dir: str | Path, held: HeldOut) -> dict:
+    """A trained run's vectors over the held-out searches and every ad (in ``held.ad_ids`` order):
+    ``q`` [R, V, D] and ``items`` [A, V, D] (all class vectors), ``retrieval`` [R, A] (the scores
+    of the vectors it serves), the objective's temperature and the retrieval kind. BRW variants
+    (tempered, two-stage) are computed from these without encoding again."""
+    run = load_run(run_dir)
+    features, model = run.features, run.model
+    q = model.encode_query(as_tensors(features.encode(held.searches, Side.QUERY, count=False)))
+    ads = pq.read_table(held.data_dir / "ads.parquet")
+    items = torch.cat([model.encode_item(as_tensors(features.encode(ads.slice(s, 8192), Side.ITEM,
+                                                                    count=False))).float()
+                       for s in range(0, ads.num_rows, 8192)])
+    retrieval = (model.retrieval_query(q.float()) @ model.retrieval_item(items).T).amax(1)  # [R, A]
+    return {"q": q.float(), "items": items, "retrieval": retrieval,
+            "temperature": float(run.config.objective.temperature),
+            "kind": getattr(model.cfg, "retrieval", None) or "click", "vectors": q.shape[1]}

@@ -34,6 +34,12 @@ def _weight_column(contract: dict, weight_column: str | None) -> str | None:
     return weight_column or brw
 
 
+def _tempered(contract: dict, weights: np.ndarray) -> np.ndarray:
+    """w^alpha with the contract's ``brw_alpha`` (MOBIUS v2's tempered BRW; 1 = the paper's w)."""
+    alpha = float(contract.get("brw_alpha", 1.0))
+    return weights if alpha == 1.0 else np.power(weights, alpha, dtype=np.float32)
+
+
 def build_run_index(run_dir: str | Path, kind: str = "auto", params: dict | None = None,
                     weight_column: str | None = None) -> VectorIndex:
     """Index the run's exported item vectors and save it as a new CURRENT version, with the
@@ -55,8 +61,8 @@ def build_run_index(run_dir: str | Path, kind: str = "auto", params: dict | None
         # the item table: data.items, else the log (each item's first row), as MOBIUS checks
         src = TableSource(cfg.data.items if cfg.data.items is not None else cfg.data.train)
         id_col = contract["item_id"]
-        weights = lookup_weights(src.read([c for c in (id_col, col) if c in src.columns]),
-                                 id_col, col, ids, str(src.path))
+        weights = _tempered(contract, lookup_weights(
+            src.read([c for c in (id_col, col) if c in src.columns]), id_col, col, ids, str(src.path)))
     contract = dict(contract, brw_weight=contract.get("brw_weight"))
     vi = build_index(vecs, ids, kind, params, weights, normalize=bool(contract.get("normalized")),
                      contract=contract, weight_column=col,
@@ -104,8 +110,8 @@ def add_run_items(run_dir: str | Path, items_path: str | Path) -> VectorIndex:
     vecs = encode_items(run_dir, table, str(src.path))
     weights = None
     if vi.manifest.get("weight_column"):
-        weights = lookup_weights(table, id_col, vi.manifest["weight_column"],
-                                 table[id_col].combine_chunks(), str(src.path))
+        weights = _tempered(contract, lookup_weights(table, id_col, vi.manifest["weight_column"],
+                                                     table[id_col].combine_chunks(), str(src.path)))
     new = add_items(vi, vecs, table[id_col].combine_chunks(), weights)
     save_index(new, run_dir)
     return new

@@ -17,6 +17,7 @@ from twotower.config import MobiusObjectiveConfig
 from twotower.errors import ConfigError
 from twotower.mobius.augment import dedup_ids, dedup_rows, observed_mask
 from twotower.mobius.sampler import sample_bad_cases, sample_uniform
+from twotower.mobius.v2 import REL_KEY, clean_click_labels, drop_item_ids
 from twotower.models.mobius import BAD, CLICK, UNCLICK
 from twotower.objectives.losses import class_softmax_loss
 from twotower.types import Batch
@@ -32,7 +33,8 @@ class MobiusTask(nn.Module):
     positives_only = False
 
     def __init__(self, cfg: MobiusObjectiveConfig, teacher=None, threshold: float | None = None,
-                 warmup_steps: int = 0, seed: int = 0, temperature: float = 0.05):
+                 warmup_steps: int = 0, seed: int = 0, temperature: float = 0.05,
+                 item_id_feature: str | None = None):
         super().__init__()
         self.temperature = temperature  # the objective's (objective.temperature)
         if cfg.bad_cases == "active" and teacher is None:
@@ -42,6 +44,9 @@ class MobiusTask(nn.Module):
         self.threshold = cfg.threshold if threshold is None else threshold
         self.warmup_steps = warmup_steps
         self.generator = torch.Generator().manual_seed(seed)
+        # v2 id dropout: which feature is the ad id, and its own stream (resumable)
+        self.item_id_feature = item_id_feature
+        self.dropout_generator = torch.Generator().manual_seed(seed + 1)
         # statistics for reports (restored with a checkpoint, see get_extra_state)
         self.mining_seconds = 0.0
         self.bad_cases_total = 0
@@ -76,8 +81,17 @@ class MobiusTask(nn.Module):
         if batch.label is None:
             raise ConfigError("objective mobius needs data.label (click / unclick)")
         q = model.encode_query(batch.query)  # [B, V, D]
-        i = model.encode_item(batch.item)  # [B, V, D]
+        item = batch.item
+        if self.cfg.item_id_dropout and self.item_id_feature and model.training:
+            item = drop_item_ids(item, self.item_id_feature, self.cfg.item_id_dropout,
+                                 self.dropout_generator)
+        i = model.encode_item(item)  # [B, V, D]
         target = torch.where(batch.label > 0, CLICK, UNCLICK).long()
+        weight = batch.weight
+        if self.cfg.clean_labels not in (None, "none") and REL_KEY in batch.extra:
+            w = weight if weight is not None else torch.ones(len(target), device=target.device)
+            target, weight = clean_click_labels(target, w, batch.extra[REL_KEY], self.threshold,
+                                                self.cfg.clean_labels, self.cfg.clean_weight)
         logits = model.class_logits(q, i) / self.temperature  # [B, V]
         bad_logits = None
         logs: dict[str, float] = {}
@@ -90,12 +104,14 @@ class MobiusTask(nn.Module):
             self.bad_cases_total += int(qr.numel())
             self.mining_steps += 1
             logs["bad_cases"] = float(qr.numel())
-        return class_softmax_loss(logits, target, batch.weight, bad_logits, BAD,
+        return class_softmax_loss(logits, target, weight, bad_logits, BAD,
                                   self.cfg.bad_weight), logs
 
     def get_extra_state(self) -> dict:
         # the sampler's generator (exact resumption) and the report's running totals
-        return {"generator": self.generator.get_state(), "bad_cases_total": self.bad_cases_total,
+        return {"generator": self.generator.get_state(),
+                "dropout_generator": self.dropout_generator.get_state(),
+                "bad_cases_total": self.bad_cases_total,
                 "mining_steps": self.mining_steps, "mining_seconds": self.mining_seconds}
 
     def set_extra_state(self, state: dict) -> None:
@@ -103,6 +119,8 @@ class MobiusTask(nn.Module):
             return
         if state.get("generator") is not None:
             self.generator.set_state(state["generator"])
+        if state.get("dropout_generator") is not None:
+            self.dropout_generator.set_state(state["dropout_generator"])
         self.bad_cases_total = int(state.get("bad_cases_total", 0))
         self.mining_steps = int(state.get("mining_steps", 0))
         self.mining_seconds = float(state.get("mining_seconds", 0.0))

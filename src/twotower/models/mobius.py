@@ -4,13 +4,17 @@ Fan et al., "MOBIUS: Towards the Next Generation of Query-Ad Matching in Baidu's
 Search" (KDD 2019). Each tower outputs V = 3 L2-normalised vectors (default 3 x 32); class k's
 similarity is the cosine of the two towers' k-th vectors; the objective divides by its
 temperature and trains a softmax over (click, unclick, bad) with cross-entropy
-(``objectives.losses.mobius_class_loss`` in ``mobius.task.MobiusTask``). At retrieval
-time only the click vectors are used: the click cosine is what the index searches.
+(``objectives.losses.mobius_class_loss`` in ``mobius.task.MobiusTask``). At retrieval time
+the paper uses only the click vectors (``retrieval: click``); ``retrieval: click_minus_bad``
+searches the click cosine minus the bad cosine as one exact inner product of concatenated vectors,
+``[c_q, -b_q] . [c_a, b_a]``, so an ad the model calls bad for the query drops out of the top.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from twotower.config import ModelConfig
 from twotower.models.base import TwoTowerModel, register
@@ -27,6 +31,16 @@ class MobiusConfig(ModelConfig):
     name: str = "mobius"
     output_dim: int = Field(32, gt=0, description="dimension of each of the vectors")
     num_vectors: int = Field(3, ge=2, le=3, description="3: click/unclick/bad; 2: click/unclick")
+    retrieval: Literal["click", "click_minus_bad"] | None = Field(
+        None, description="click: the paper's click cosine; click_minus_bad: cos_click - cos_bad "
+        "as one inner product of [c, -b] . [c, b] (exact MIPS, twice the dimension); None: the "
+        "MOBIUS run's mode decides (v2: click_minus_bad, paper: click), click outside a run")
+
+    @model_validator(mode="after")
+    def _bad_vector_needed(self) -> "MobiusConfig":
+        if self.retrieval == "click_minus_bad" and self.num_vectors < 3:
+            raise ValueError("model.retrieval: click_minus_bad needs num_vectors: 3 (a bad vector)")
+        return self
 
 
 @register("mobius", MobiusConfig)
@@ -66,7 +80,7 @@ class Mobius(TwoTowerModel):
         logits = torch.bmm(q.transpose(0, 1), i.permute(1, 2, 0)) / temperature  # [V, M, N]
         return logits.softmax(0)[CLICK]
 
-    # retrieval and the generic interface use only the click vectors
+    # the generic interface (logits, in-batch metrics) uses the click vectors
     def logits(self, q: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         return q[:, CLICK] @ i[:, CLICK].T
 
@@ -74,12 +88,20 @@ class Mobius(TwoTowerModel):
         return (q[:, CLICK] * i[:, CLICK]).sum(-1)
 
     def retrieval_query(self, q: torch.Tensor) -> torch.Tensor:
+        if self.cfg.retrieval == "click_minus_bad":
+            return torch.cat([q[:, CLICK], -q[:, BAD]], dim=-1)[:, None]  # [B, 1, 2D]
         return q[:, CLICK:CLICK + 1]  # [B, 1, D]
 
     def retrieval_item(self, i: torch.Tensor) -> torch.Tensor:
+        if self.cfg.retrieval == "click_minus_bad":
+            return torch.cat([i[:, CLICK], i[:, BAD]], dim=-1)  # [N, 2D]
         return i[:, CLICK]  # [N, D]
 
     def contract(self) -> dict:
+        minus_bad = self.cfg.retrieval == "click_minus_bad"
         return {**super().contract(), "query_vectors": [CLICK], "item_vector": CLICK,
                 "classes": list(CLASSES[:self.num_vectors]), "retrieval_class": "click",
-                "vectors_per_side": self.num_vectors}
+                "vectors_per_side": self.num_vectors, "retrieval": self.cfg.retrieval or "click",
+                "dim": self.cfg.output_dim * (2 if minus_bad else 1),
+                "score": ("cos(click) - cos(bad) = [c_q, -b_q] . [c_a, b_a]" if minus_bad
+                          else "cos(click)")}
