@@ -91,6 +91,10 @@ class DataConfig(StrictModel):
     holdout: HoldoutConfig | None = Field(
         None, description="hold out part of the train file for validation/test (instead of "
         "split_column or valid/test files)")
+    weight_expression: str | None = Field(
+        None, description="sample weight from several objectives, an arithmetic expression over "
+        "the log's columns, e.g. '1 + 0.5*log1p(dwell) + 2*conversion' (numbers, column names, "
+        "+ - * / **, log1p log exp sqrt abs min max clip; never Python eval)")
     features: list[FeatureConfig]
     chunk_rows: int = Field(262_144, gt=0, description="rows read per chunk when streaming")
 
@@ -111,6 +115,8 @@ class DataConfig(StrictModel):
         if self.holdout is not None and (self.split_column or self.valid or self.test):
             raise ValueError("holdout splits the train file itself: drop split_column / valid / "
                              "test, or drop holdout")
+        if self.weight is not None and self.weight_expression is not None:
+            raise ValueError("set data.weight (a column) or data.weight_expression, not both")
         return self
 
 
@@ -197,6 +203,18 @@ MOBIUS_RECIPES: dict[str, dict[str, Any]] = {
 MOBIUS_RETRIEVAL = {"paper": "click", "v2": "click"}
 
 
+class SSLConfig(StrictModel):
+    """Self-supervised item views (Yao et al., CIKM 2021), added to any objective's loss."""
+
+    weight: float = Field(0.1, gt=0, description="loss = retrieval loss + weight x contrastive loss")
+    masking: Literal["rfm", "crfm", "cfm"] = Field(
+        "cfm", description="rfm: random halves; crfm: complementary halves; cfm: features grouped "
+        "by mutual information on the corpus, masked together")
+    temperature: float = Field(0.1, gt=0, description="of the contrastive softmax between views")
+    batch_size: int = Field(512, gt=1, description="items drawn uniformly from the corpus per step")
+    dropout: float = Field(0.1, ge=0, lt=1, description="feature dropout: share of values zeroed")
+
+
 class ObjectiveConfig(StrictModel):
     name: Literal["in_batch_softmax", "mixed_negatives", "pointwise_bce", "mobius"] = "in_batch_softmax"
     temperature: float = Field(0.05, gt=0, description="logits = similarity / temperature (the "
@@ -211,6 +229,8 @@ class ObjectiveConfig(StrictModel):
         "costs per example what a block-sized one does. None: the whole batch")
     estimator: FrequencyEstimatorConfig = Field(default_factory=FrequencyEstimatorConfig)
     mobius: MobiusObjectiveConfig = Field(default_factory=MobiusObjectiveConfig)
+    ssl: SSLConfig | None = Field(None, description="add the SSL contrastive loss over "
+                                  "feature-masked views of corpus items (any objective)")
 
 
 class TrainConfig(StrictModel):

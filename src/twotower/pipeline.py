@@ -31,6 +31,7 @@ from twotower.features.dataset import ItemCorpus
 from twotower.features.feature_set import FeatureSet, feature_schema
 from twotower.index.export import write_vectors
 from twotower.models import TwoTowerModel, build_model
+from twotower.objectives.ssl import SelfSupervisedTask
 from twotower.recipes import recipe_for
 from twotower.intake import start_run
 from twotower.run import FORMAT_VERSION, RunDir, atomic_write_json
@@ -77,6 +78,9 @@ def _train(cfg: RunConfig, run: RunDir, features: FeatureSet, resumed: bool,
     seed_everything(cfg.train.seed)  # initial weights depend on train.seed only
     model = build_model(cfg.model, schema)
     prepared = recipe.prepare(cfg, data, corpus, stream)
+    if cfg.objective.ssl is not None:  # SSL is multi-task with whatever the objective trains
+        prepared.task = SelfSupervisedTask(prepared.task, corpus.features, cfg.objective.ssl,
+                                           cfg.train.seed)
     valid = data.requests("valid", corpus)
     warnings = warn_if_no_validation(valid)
     device = resolve_device(cfg.train.device)

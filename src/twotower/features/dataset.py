@@ -6,6 +6,7 @@ no per-example Python objects, no collate function.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Iterator
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 from twotower.data.readers import TableSource, filter_split
 from twotower.errors import DataError
 from twotower.features.feature_set import Encoded, FeatureSet
+from twotower.features.weight_expression import WeightExpression, parse_weight_expression
 from twotower.types import Batch, Side
 
 SPLIT_NAMES = ("train", "valid", "test")
@@ -150,10 +152,25 @@ class LogReader:
         src = TableSource(path)
         self.features.check_schema(src.schema, path)
         src.require_fields(self.asked_by())
+        if self.weight_expression is not None:
+            parse_weight_expression(self.cfg.weight_expression, src.schema.names)
         return src
 
+    @cached_property
+    def weight_expression(self) -> WeightExpression | None:
+        """The parsed ``data.weight_expression`` (syntax checked; columns checked per file)."""
+        if self.cfg.weight_expression is None:
+            return None
+        return parse_weight_expression(self.cfg.weight_expression)
+
+    def _weight_columns(self) -> list[str]:
+        if self.weight_expression is not None:
+            return list(self.weight_expression.columns)
+        return [self.cfg.weight] if self.cfg.weight else []
+
     def columns(self) -> list[str]:
-        cols = self.features.columns() + [c for c in (self.cfg.label, self.cfg.weight) if c]
+        cols = (self.features.columns() + ([self.cfg.label] if self.cfg.label else [])
+                + self._weight_columns())
         if self.cfg.split_column:
             cols.append(self.cfg.split_column)
         return list(dict.fromkeys(cols + self.extra_columns))
@@ -183,6 +200,9 @@ class LogReader:
         path = self.path("train")
         label = _numeric(chunk, self.cfg.label, path, "label") if self.cfg.label else None
         weight = _numeric(chunk, self.cfg.weight, path, "weight") if self.cfg.weight else None
+        if self.weight_expression is not None:
+            columns = {c: _numeric(chunk, c, path, "weight_expression") for c in self.weight_expression.columns}
+            weight = self.weight_expression.evaluate(columns, chunk.num_rows).astype(np.float32)
         if weight is not None:
             weight = np.where(np.isfinite(weight), weight, 0.0).astype(np.float32)
         if label is not None:

@@ -181,7 +181,9 @@ class SelfSupervisedTask(torch.nn.Module):
         self.generator = torch.Generator().manual_seed(seed)
         self.mutual_information = (feature_mutual_information({k: np.asarray(v) for k, v in corpus.items()})
                                    if cfg.masking == "cfm" else None)
-        make_views(self._draw(2), self.names, cfg.masking, torch.Generator(), self.mutual_information)
+        # refuse a corpus with fewer than two maskable features now, not at the first step
+        make_views({k: v[:2] for k, v in self.corpus.items()}, self.names, cfg.masking,
+                   torch.Generator(), self.mutual_information)
 
     @property
     def positives_only(self) -> bool:
