@@ -215,8 +215,27 @@ class SSLConfig(StrictModel):
     dropout: float = Field(0.1, ge=0, lt=1, description="feature dropout: share of values zeroed")
 
 
+class HardNegativesConfig(StrictModel):
+    """EBR hard negatives (objective.name: hard_negatives; Huang et al., KDD 2020)."""
+
+    window: tuple[int, int] = Field((101, 500), description="offline mining: 1-based rank window "
+                                    "of the current model's retrieval (the paper: 101-500)")
+    draws: int = Field(2, ge=0, description="offline hard negatives per training row (0: none)")
+    margin: float | None = Field(None, description="drop mined items scoring above the row's best "
+                                 "positive minus this (likely unlabelled positives)")
+    refresh_every: int = Field(1, gt=0, description="re-mine with the current model every N epochs")
+    warmup_epochs: int = Field(1, ge=0, description="epochs of plain in-batch softmax before mining")
+    online: int = Field(0, ge=0, description="online hard negatives: the hardest in-batch items per row")
+    easy_negatives: int | None = Field(None, gt=0, description="in-batch (easy) negatives kept per "
+                                       "row, drawn at random (None: all); with `online` this sets "
+                                       "the easy:hard ratio")
+    group_by: str | None = Field(None, description="column whose rows' items are all positives of "
+                                 "each other's queries (never mined); default eval.exclude_seen_by")
+
+
 class ObjectiveConfig(StrictModel):
-    name: Literal["in_batch_softmax", "mixed_negatives", "pointwise_bce", "mobius"] = "in_batch_softmax"
+    name: Literal["in_batch_softmax", "mixed_negatives", "pointwise_bce", "mobius",
+                  "hard_negatives"] = "in_batch_softmax"
     temperature: float = Field(0.05, gt=0, description="logits = similarity / temperature (the "
                                "model returns similarities; serving records it in the contract)")
     logq_correction: bool = True
@@ -229,6 +248,7 @@ class ObjectiveConfig(StrictModel):
         "costs per example what a block-sized one does. None: the whole batch")
     estimator: FrequencyEstimatorConfig = Field(default_factory=FrequencyEstimatorConfig)
     mobius: MobiusObjectiveConfig = Field(default_factory=MobiusObjectiveConfig)
+    hard_negatives: HardNegativesConfig = Field(default_factory=HardNegativesConfig)
     ssl: SSLConfig | None = Field(None, description="add the SSL contrastive loss over "
                                   "feature-masked views of corpus items (any objective)")
 

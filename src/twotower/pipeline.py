@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+import twotower.ebr  # noqa: F401  (registers the hard-negatives recipe)
 import twotower.mobius  # noqa: F401  (registers the MOBIUS recipe)
 from twotower.config import RunConfig
 from twotower.data.readers import TableSource
@@ -78,6 +79,7 @@ def _train(cfg: RunConfig, run: RunDir, features: FeatureSet, resumed: bool,
     seed_everything(cfg.train.seed)  # initial weights depend on train.seed only
     model = build_model(cfg.model, schema)
     prepared = recipe.prepare(cfg, data, corpus, stream)
+    recipe.bind(prepared, model)
     if cfg.objective.ssl is not None:  # SSL is multi-task with whatever the objective trains
         prepared.task = SelfSupervisedTask(prepared.task, corpus.features, cfg.objective.ssl,
                                            cfg.train.seed)

@@ -43,6 +43,9 @@ class Recipe:
     def prepare(self, cfg: RunConfig, data: RunData, corpus: ItemCorpus, stream: bool) -> Prepared:
         raise NotImplementedError
 
+    def bind(self, prepared: Prepared, model: nn.Module) -> None:
+        """Hand the model to a batch source that needs it (e.g. to mine with it); default none."""
+
     def contract(self, cfg: RunConfig) -> dict:
         """Fields the run adds to its similarity contract (what serving must apply)."""
         return {}

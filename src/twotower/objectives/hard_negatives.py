@@ -112,7 +112,7 @@ def hard_negative_softmax(pos_logits: torch.Tensor, easy_logits: torch.Tensor, e
     """Softmax of each positive against easy and hard negatives, each kind log-Q corrected.
 
     pos_logits[B]; easy_logits[B, N] against the easy candidates ``easy_ids[N]`` with
-    ``easy_log_q[N]`` (None: uncorrected) — the in-batch items, whose column i is row i's
+    ``easy_log_q[N]`` or ``[B, N]`` (None: uncorrected) — the in-batch items, whose column i is row i's
     positive (masked here, the positive enters once through ``pos_logits``); hard_logits[B, H]
     with ``hard_log_q`` ([B, H] or a scalar: the log expected count of each hard candidate in a
     row, e.g. ``log(draws / window)``), ``hard_valid[B, H]`` (False: no hard negative there).
@@ -123,8 +123,12 @@ def hard_negative_softmax(pos_logits: torch.Tensor, easy_logits: torch.Tensor, e
     rows = torch.arange(b, device=pos_logits.device)
     if positive_ids is None:
         positive_ids = easy_ids[:b]
-    easy = easy_logits if easy_log_q is None else easy_logits - easy_log_q.to(easy_logits.dtype)[None, :]
-    pos = pos_logits if easy_log_q is None else pos_logits - easy_log_q[:b].to(pos_logits.dtype)
+    if easy_log_q is None:
+        easy, pos = easy_logits, pos_logits
+    else:  # [N] per candidate, or [B, N] when rows kept different sub-samples of the candidates
+        lq = easy_log_q.to(easy_logits.dtype)
+        lq = lq[None, :].expand_as(easy_logits) if lq.dim() == 1 else lq
+        easy, pos = easy_logits - lq, pos_logits - lq[rows, rows]
     floor = torch.finfo(easy.dtype).min / 2
     easy = easy.masked_fill(positive_ids[:, None] == easy_ids[None, :], floor)
     hard = hard_logits - (hard_log_q if isinstance(hard_log_q, float) else hard_log_q.to(hard_logits.dtype))
@@ -137,3 +141,81 @@ def hard_negative_softmax(pos_logits: torch.Tensor, easy_logits: torch.Tensor, e
 def mined_log_q(draws: int, window_size: int) -> float:
     """Log expected count of one mined candidate per row: ``draws`` uniform picks from a window."""
     return math.log(draws / max(1, window_size))
+
+
+class HardNegativeTask(torch.nn.Module):
+    """The in-batch softmax with EBR's hard negatives (``objective.name: hard_negatives``).
+
+    Candidates of row b: its positive; the in-batch items (all, or ``easy_negatives`` of them drawn
+    at random); the ``online`` hardest other in-batch items; and the offline-mined corpus items of
+    ``batch.extra["hard_rows"]`` (placed there by the recipe's batch source). Log-Q per kind: an
+    in-batch item by the frequency estimator, plus ``log(kept share)`` when rows keep a random
+    sub-sample of them; an online hard item (always kept) by the estimator alone; a mined item by
+    ``log(draws / window size)``.
+    """
+
+    positives_only = True
+
+    def __init__(self, cfg, corpus, item_id: str, seed: int = 0):
+        super().__init__()
+        from twotower.objectives.tasks import TASKS
+
+        self.base = TASKS["in_batch_softmax"](cfg, None, item_id, seed)  # temperature, estimator
+        self.cfg = cfg.hard_negatives
+        self.corpus = {k: torch.as_tensor(v) for k, v in corpus.items()}
+        first, last = self.cfg.window
+        self.mined_log_q = mined_log_q(max(self.cfg.draws, 1), last - first + 1)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def loss(self, model, batch, step: int):
+        q = model.encode_query(batch.query)  # [B, V, D]
+        i = model.encode_item(batch.item)  # [B, V, D]
+        ids, log_q = self.base.candidates(batch, step)
+        logits = self.base.scale(model, model.logits(q, i))  # [B, B]
+        b = logits.shape[0]
+        easy_lq = log_q[None, :].expand(b, b).clone() if log_q is not None else torch.zeros(b, b)
+        floor = torch.finfo(logits.dtype).min / 2
+        easy = logits
+        hard, hard_lq, valid = [], [], []
+        if self.cfg.online:
+            cols = hardest_in_batch(logits, ids, self.cfg.online)  # [B, h]
+            hard.append(logits.gather(1, cols))
+            hard_lq.append(easy_lq.gather(1, cols))
+            valid.append(torch.ones_like(cols, dtype=torch.bool))
+            easy = easy.scatter(1, cols, floor)  # each enters the softmax once, as a hard one
+        if self.cfg.easy_negatives is not None:
+            others = torch.rand(b, b, generator=self.generator).to(logits.device)
+            others[torch.arange(b), torch.arange(b)] = -1.0  # the positive is not a negative
+            if self.cfg.online:
+                others.scatter_(1, cols, -1.0)
+            pool = b - 1 - self.cfg.online
+            keep_n = min(self.cfg.easy_negatives, pool)
+            kept = others.topk(keep_n, dim=1).indices
+            mask = torch.zeros(b, b, dtype=torch.bool, device=logits.device).scatter(1, kept, True)
+            mask[torch.arange(b), torch.arange(b)] = True
+            easy = easy.masked_fill(~mask, floor)
+            easy_lq = easy_lq + math.log(keep_n / max(pool, 1)) * (~torch.eye(b, dtype=torch.bool))
+        rows = batch.extra.get("hard_rows")
+        if rows is not None and rows.numel():
+            h = rows.shape[1]
+            feats = {k: v.to(rows.device)[rows.reshape(-1)] for k, v in self.corpus.items()}
+            mined = model.encode_item(feats)  # [B * h, V, D]
+            pair = model.pair_logits(q.repeat_interleave(h, 0), mined)  # [B * h]
+            hard.append(self.base.scale(model, pair).view(b, h))
+            hard_lq.append(torch.full((b, h), self.mined_log_q, device=logits.device))
+            valid.append(batch.extra["hard_valid"].bool())
+        if hard:
+            hard_logits, h_lq, h_valid = torch.cat(hard, 1), torch.cat(hard_lq, 1), torch.cat(valid, 1)
+        else:
+            hard_logits = logits.new_zeros(b, 0)
+            h_lq, h_valid = hard_logits, torch.zeros(b, 0, dtype=torch.bool)
+        loss = hard_negative_softmax(logits.diagonal(), easy, ids, easy_lq, hard_logits, h_lq,
+                                     h_valid, weight=batch.weight)
+        return loss, {"hard_negatives": float(h_valid.float().sum(1).mean())}
+
+    def get_extra_state(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict) -> None:
+        if state and "generator" in state:
+            self.generator.set_state(state["generator"])
