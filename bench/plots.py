@@ -137,11 +137,21 @@ def plot_channels(res: dict, out_json: Path) -> list[Path]:
     return made
 
 
+def plot_long_tail(res: dict, out_json: Path) -> list[Path]:
+    rows = res["results"]
+    metrics = [m for m in ("hr@10", "hr@50", "head_hr@50", "tail_hr@50")
+               if all(m in r for r in rows.values())]
+    return [plots.grouped_bars(_png(out_json), "MovieLens 100K: SSL, EBR hard negatives, ensemble "
+                               "(test; tail = bottom 80% by frequency)", "HR", metrics,
+                               {n: [r[m] for m in metrics] for n, r in rows.items()})]
+
+
 PLOTTERS: dict[str, Callable[[dict, Path], list[Path]]] = {
     "ml100k": plot_ml100k, "ml100k_cuda": plot_ml100k, "index": plot_index,
     "index_16core": plot_index, "mobius": plot_mobius, "serve_load": plot_serve_load,
     "serve_load_metrics": plot_serve_load,
     "zoo": plot_zoo, "zoo_sequence": plot_zoo_sequence, "channels": plot_channels,
+    "long_tail": plot_long_tail,
 }
 
 
