@@ -58,7 +58,10 @@ def mine_hard_negatives(query: torch.Tensor, items: torch.Tensor, positives: tor
         cand_s, cand_i = top_s[:, first - 1:], top_i[:, first - 1:]  # the window, [C, W]
         pos = positives[start:start + c]  # [C, P], -1 = padding
         has = pos >= 0
-        keep = ~((cand_i[:, :, None] == pos[:, None, :]) & has[:, None, :]).any(-1)  # [C, W]
+        # one sorted membership test on (row, item) keys: memory grows with C x (W + P), never
+        # with C x W x P (a user with hundreds of positives would make that gigabytes)
+        row_key = torch.arange(c)[:, None] * n
+        keep = ~torch.isin(row_key + cand_i, (row_key + pos)[has])  # [C, W]
         pos_s = torch.einsum("cd,cpd->cp", q, items[pos.clamp_min(0)].float())
         best = pos_s.masked_fill(~has, -math.inf).max(1).values  # [C]; -inf: no positive
         if margin is not None:  # as sentence-transformers' absolute margin: keep clear of the positive
