@@ -268,6 +268,9 @@ class TrainConfig(StrictModel):
     max_steps: int | None = Field(None, gt=0)
     progress: bool = True
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's)")
+    validation_batches: int = Field(
+        8, ge=0, description="batches of the validation split whose loss is logged after every "
+        "epoch (metrics.jsonl valid.loss), seeded, the same batches each epoch; 0: no validation loss")
 
 
 class EvalConfig(StrictModel):

@@ -92,8 +92,11 @@ def _train(cfg: RunConfig, run: RunDir, features: FeatureSet, resumed: bool,
                                  extra=prepared.validation_metrics)
 
     trainer = Trainer(model, prepared.task, cfg.train, run)
+    valid_batches = data.validation_batches(prepared.task.positives_only, cfg.train.batch_size,
+                                            cfg.train.validation_batches, cfg.train.seed, stream)
     result = trainer.fit(prepared.batches, validate if valid is not None else None, cfg.eval.metric,
-                         resume=resumed, num_batches=prepared.num_batches)
+                         resume=resumed, num_batches=prepared.num_batches,
+                         validation_batches=valid_batches)
     save_model(model, run)
     summary = finish_run(run, cfg, features, model, data, corpus, device)
     summary.train = result

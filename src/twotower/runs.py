@@ -29,7 +29,7 @@ from twotower.features.requests import EvalRequests, build_requests
 from twotower.models import TwoTowerModel, build_model
 from twotower.run import FORMAT_VERSION, RunDir, atomic_write_json, read_json_artifact
 from twotower.train.checkpoint import load_weights, verify_run_weights
-from twotower.types import FieldSpec, Side
+from twotower.types import Batch, FieldSpec, Side
 
 
 # ---------------------------------------------------------------- model persistence
@@ -88,6 +88,25 @@ class RunData:
         if stream:
             return StreamingLog(self.reader, "train", positives_only)
         return self.reader.load("train", positives_only)
+
+    def validation_batches(self, positives_only: bool, batch_size: int, max_batches: int,
+                           seed: int = 0, stream: bool = False) -> list[Batch]:
+        """The batches of the validation loss: ``max_batches`` seeded batches of the valid split
+        (none without one). Read again without counting into the data report. ``stream``: only
+        the split's first ``max_batches * batch_size`` rows are read (bounded memory)."""
+        if max_batches <= 0 or self.reader.path("valid") is None:
+            return []
+        wanted = max_batches * batch_size
+        parts, rows = [], 0
+        for chunk in self.reader.chunks("valid"):
+            part = self.reader.encode_chunk(chunk, positives_only, count=False)
+            parts.append(part)
+            rows += len(part)
+            if stream and rows >= wanted:
+                break
+        if not rows:
+            return []
+        return EncodedLog.concat(parts).sample_batches(batch_size, max_batches, seed)
 
     def item_table_source(self) -> TableSource:
         """The table item attributes are read from: ``data.items``, else the training log."""

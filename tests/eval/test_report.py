@@ -48,6 +48,12 @@ def test_report_plots_match_the_run(dssm_run):
     assert pop["coverage"] == pytest.approx([metrics[f"coverage@{k}"] for k in pop["ks"]])
     assert 0 <= pop["head_share"][0] <= 1 and 0.2 <= pop["head_interaction_share"] <= 1
     assert sec["Training"]["data"]["epochs"] == 2
+    # the loss plot draws the validation loss of every epoch beside the training loss
+    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+              if "train_loss" in line]
+    assert sec["Training"]["data"]["valid_loss"] == [r["valid"]["loss"] for r in epochs]
+    assert len(sec["Training"]["data"]["valid_loss"]) == 2
+    assert sec["Training"]["data"]["train_loss"] == [r["train_loss"] for r in epochs]
     kinds = {k["kind"]: k for k in sec["Index: recall vs queries/s"]["data"]["kinds"]}
     assert set(kinds) == {"flat", "ivf-flat"}
     assert kinds["flat"]["recall@10"] == pytest.approx(1.0)  # exact kind = exact search

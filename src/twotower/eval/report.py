@@ -1,7 +1,7 @@
 """``twotower report RUN_DIR``: PNG plots and one self-contained HTML page in ``RUN_DIR/report/``.
 
 Sections (each drawn when the run has what it needs, otherwise the page says why not):
-training loss and the validation metrics per epoch (``metrics.jsonl``); every metric at every K
+training and validation loss and the validation metrics per epoch (``metrics.jsonl``); every metric at every K
 (``metrics.json``); item coverage and the popularity of retrieved items, head vs tail (the run's
 model ranks the evaluation requests again); for MOBIUS runs the bad cases mined per logged step
 and relevant@K vs CPM@K beside the baselines found next to the run (on a simulator log); for a
@@ -178,8 +178,8 @@ def training_section(run: _Run, out: Path) -> Section:
     if valid_loss:
         loss_series["validation loss"] = ([e for e, _ in valid_loss], [v for _, v in valid_loss])
     else:
-        sec.notes.append("the trainer validates with ranking metrics; metrics.jsonl holds no "
-                         "validation loss to draw")
+        sec.notes.append("metrics.jsonl holds no validation loss to draw (the run has no validation "
+                         "split, or train.validation_batches is 0)")
     metric = run.cfg.eval.metric
     valid = [(r["epoch"] + 1, r["valid"]) for r in epochs if isinstance(r.get("valid"), dict)]
     right = {}
@@ -197,16 +197,19 @@ def training_section(run: _Run, out: Path) -> Section:
                      markers=False)
         sec.images.append("loss_per_step.png")
     rows = [[r["epoch"] + 1, r["step"], _fmt(r["train_loss"]), _fmt(r.get("seconds"))]
-            + ([_fmt(r["valid"].get(metric))] if isinstance(r.get("valid"), dict) else ["-"])
+            + ([_fmt(r["valid"].get("loss")), _fmt(r["valid"].get(metric))]
+               if isinstance(r.get("valid"), dict) else ["-", "-"])
             for r in epochs]
     if rows:
         sec.tables.append(("Epochs", ["epoch", "step", "training loss", "seconds",
-                                      f"validation {metric}"], rows))
+                                      "validation loss", f"validation {metric}"], rows))
     best = [r for r in epochs if isinstance(r.get("valid"), dict) and metric in r["valid"]]
     if best:
         b = max(best, key=lambda r: r["valid"][metric])
         sec.notes.append(f"best validation {metric} {b['valid'][metric]:.4f} at epoch {b['epoch'] + 1}")
-    sec.data = {"epochs": len(epochs), "logged_steps": len(steps)}
+    sec.data = {"epochs": len(epochs), "logged_steps": len(steps),
+                "train_loss": [r["train_loss"] for r in epochs],
+                "valid_loss": [v for _, v in valid_loss]}
     return sec
 
 

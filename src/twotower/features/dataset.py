@@ -72,6 +72,18 @@ class EncodedLog:
         for b in range(skip, self.num_batches(batch_size, drop_last)):
             yield self.batch(order[b * batch_size:(b + 1) * batch_size])
 
+    def sample_batches(self, batch_size: int, max_batches: int, seed: int = 0) -> list[Batch]:
+        """At most ``max_batches`` batches of ``batch_size`` rows drawn without replacement
+        (seeded: the same rows for the same seed); a log smaller than one batch gives one batch of
+        all its rows. The validation loss's batches."""
+        if max_batches <= 0 or len(self) == 0:
+            return []
+        order = np.random.default_rng(seed).permutation(len(self))
+        full = min(max_batches, len(self) // batch_size)
+        if full == 0:
+            return [self.batch(order)]
+        return [self.batch(order[b * batch_size:(b + 1) * batch_size]) for b in range(full)]
+
     @staticmethod
     def concat(parts: list["EncodedLog"]) -> "EncodedLog":
         if len(parts) == 1:
@@ -196,7 +208,9 @@ class LogReader:
             if chunk.num_rows:
                 yield chunk
 
-    def encode_chunk(self, chunk: pa.Table, positives_only: bool) -> EncodedLog:
+    def encode_chunk(self, chunk: pa.Table, positives_only: bool, count: bool = True) -> EncodedLog:
+        """Encode one chunk; ``count=False`` leaves the data report's row, skip and OOV counters
+        alone (rows read again, e.g. for the validation loss, are not new rows)."""
         path = self.path("train")
         label = _numeric(chunk, self.cfg.label, path, "label") if self.cfg.label else None
         weight = _numeric(chunk, self.cfg.weight, path, "weight") if self.cfg.weight else None
@@ -209,7 +223,7 @@ class LogReader:
             # a row without a label is neither a click nor an unclick: skipped and counted
             # (report.json data.rows_skipped.label_missing), never read as 0
             keep = np.isfinite(label)
-            if not keep.all():
+            if not keep.all() and count:
                 self.features.skipped["label_missing"] += int((~keep).sum())
             if positives_only:
                 keep &= label > 0
@@ -218,7 +232,7 @@ class LogReader:
                 label = label[keep]
                 weight = None if weight is None else weight[keep]
             label = label.astype(np.float32)
-        enc = self.features.encode(chunk)  # every feature once: the rows are counted once
+        enc = self.features.encode(chunk, count=count)  # every feature once: rows counted once
         q = {n: enc[n] for n in self.features.names(Side.QUERY)}
         i = {n: enc[n] for n in self.features.names(Side.ITEM)}
         raw = {c: np.asarray(chunk[c].to_numpy(zero_copy_only=False)) for c in self.extra_columns}

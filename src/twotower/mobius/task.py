@@ -5,6 +5,8 @@ Per batch: 3-class cross-entropy on the impressions (click / unclick); after the
 (1) deduplicate the batch's queries (with their users) and ads, (2) cross join them, (3) ask the
 relevance teacher, keep pairs under the threshold, (4) score them with the student (no gradient),
 (5) sample bad cases with probability rising with predicted CTR, (6) add them as class "bad".
+In eval mode (a validation loss) the task mines nothing: the loss is the impressions' 3-class
+cross-entropy, and the sampler's stream and the mining totals stay as they were.
 """
 from __future__ import annotations
 
@@ -95,7 +97,9 @@ class MobiusTask(nn.Module):
         logits = model.class_logits(q, i) / self.temperature  # [B, V]
         bad_logits = None
         logs: dict[str, float] = {}
-        if self.cfg.bad_cases != "none" and step >= self.warmup_steps:
+        # eval mode (a validation loss): the impressions' loss only; mining would draw from the
+        # sampler's stream and count into the report's totals
+        if self.cfg.bad_cases != "none" and step >= self.warmup_steps and self.training:
             t0 = time.perf_counter()
             qr, ir, logs = self.mine(model, batch, q, i)
             self.mining_seconds += time.perf_counter() - t0

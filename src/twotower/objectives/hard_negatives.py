@@ -23,6 +23,7 @@ import torch
 
 from twotower.errors import ConfigError
 from twotower.objectives.losses import softmax_cross_entropy
+from twotower.objectives.negatives import draws
 
 
 @torch.no_grad()
@@ -187,7 +188,7 @@ class HardNegativeTask(torch.nn.Module):
             valid.append(torch.ones_like(cols, dtype=torch.bool))
             easy = easy.scatter(1, cols, floor)  # each enters the softmax once, as a hard one
         if self.cfg.easy_negatives is not None:
-            others = torch.rand(b, b, generator=self.generator).to(logits.device)
+            others = torch.rand(b, b, generator=draws(self, self.generator)).to(logits.device)
             others[torch.arange(b), torch.arange(b)] = -1.0  # the positive is not a negative
             if self.cfg.online:
                 others.scatter_(1, cols, -1.0)

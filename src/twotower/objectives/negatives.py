@@ -15,6 +15,17 @@ import torch
 from twotower.errors import ConfigError
 from twotower.objectives.frequency import FrequencyEstimator
 
+#: seed of the draws a task makes in eval mode (see ``draws``)
+EVAL_SEED = 0
+
+
+def draws(module: torch.nn.Module, generator: torch.Generator) -> torch.Generator:
+    """The generator a task draws its random candidates / views from: its own training stream in
+    train mode; in eval mode a fresh one of a fixed seed, so that a validation loss neither
+    advances the training stream (training stays identical with and without validation) nor
+    varies from one validation pass to the next."""
+    return generator if module.training else torch.Generator().manual_seed(EVAL_SEED)
+
 
 def in_batch_candidates(
     item_ids: torch.Tensor, estimator: FrequencyEstimator | None
@@ -52,9 +63,12 @@ class UniformSampler:
         self.generator = torch.Generator().manual_seed(seed)
         self._log_q = math.log(num_samples / (num_items - 1))
 
-    def sample(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(ids[N], log_q[N])`` with ``N = num_samples``."""
-        ids = torch.randint(1, self.num_items, (self.num_samples,), generator=self.generator)
+    def sample(self, device: torch.device | str | None = None,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ids[N], log_q[N])`` with ``N = num_samples``, drawn from the sampler's own stream
+        (or from ``generator``, which leaves that stream where it was)."""
+        ids = torch.randint(1, self.num_items, (self.num_samples,),
+                            generator=self.generator if generator is None else generator)
         ids = ids.to(device) if device is not None else ids
         return ids, torch.full(ids.shape, self._log_q, device=ids.device)
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from twotower.errors import ConfigError
+from twotower.objectives.negatives import draws
 from twotower.types import Features
 
 MASKINGS = ("rfm", "crfm", "cfm")
@@ -189,16 +190,17 @@ class SelfSupervisedTask(torch.nn.Module):
     def positives_only(self) -> bool:
         return getattr(self.task, "positives_only", True)
 
-    def _draw(self, n: int) -> Features:
-        rows = uniform_item_rows(self.num_items, n, self.generator)
+    def _draw(self, n: int, generator: torch.Generator) -> Features:
+        rows = uniform_item_rows(self.num_items, n, generator)
         return {k: v[rows] for k, v in self.corpus.items()}
 
     def loss(self, model, batch, step: int):
         loss, logs = self.task.loss(model, batch, step)
-        items = self._draw(self.cfg.batch_size)
+        generator = draws(self, self.generator)  # eval mode: fixed draws, the stream untouched
+        items = self._draw(self.cfg.batch_size, generator)
         if self.cfg.dropout > 0:
-            items = feature_dropout(items, self.cfg.dropout, self.generator)
-        v1, v2, _, _ = make_views(items, self.names, self.cfg.masking, self.generator,
+            items = feature_dropout(items, self.cfg.dropout, generator)
+        v1, v2, _, _ = make_views(items, self.names, self.cfg.masking, generator,
                                   self.mutual_information)
         device = batch.item_ids.device
         z1 = model.retrieval_item(model.encode_item({k: x.to(device) for k, x in v1.items()}))

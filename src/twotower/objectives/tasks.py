@@ -14,6 +14,12 @@ One task class per objective, registered by ``objective.name`` (``register_task`
 with its own data loop (MOBIUS) registers a recipe instead (``train.recipes``). Tasks are
 ``nn.Module`` so their state (the frequency estimator's arrays, the sampler's RNG) is saved in
 checkpoints and restored on resume.
+
+A task in eval mode (``task.eval()``) computes the same loss without side effects, so the Trainer
+can measure a validation loss between epochs without changing what training does next: the
+frequency estimator is only read (never updated), random draws (uniform negatives, sub-samples,
+SSL views) come from a fixed-seed generator instead of the task's stream (``negatives.draws``), and
+MOBIUS mines no bad cases. ``tests/objectives/test_eval_mode.py`` holds every registered task to it.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ from twotower.objectives.auxiliary import auxiliary_loss_for
 from twotower.objectives.frequency import FrequencyEstimator
 from twotower.objectives.fused import fused_in_batch_softmax
 from twotower.objectives.losses import binary_cross_entropy, in_batch_softmax, mixed_negative_softmax
-from twotower.objectives.negatives import UniformSampler, in_batch_candidates
+from twotower.objectives.negatives import UniformSampler, draws, in_batch_candidates
 from twotower.types import Batch, Features
 
 #: objective name -> task class
@@ -106,7 +112,7 @@ class _SampledSoftmax(RetrievalTask):
                                              cfg.estimator.alpha) if cfg.logq_correction else None)
 
     def candidates(self, batch: Batch, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.estimator is not None:
+        if self.estimator is not None and self.training:  # eval mode: a read-only lookup
             self.estimator.update(batch.item_ids, step)
         return in_batch_candidates(batch.item_ids, self.estimator)
 
@@ -157,7 +163,7 @@ class MixedNegativesTask(_SampledSoftmax):
     def objective_loss(self, model, batch, step, q, i):
         ids, log_q = self.candidates(batch, step)
         logits = self.scale(model, model.logits(q, i))  # [B, B]
-        rows, extra_log_q = self.sampler.sample()
+        rows, extra_log_q = self.sampler.sample(generator=draws(self, self.sampler.generator))
         corpus = self._corpus_on(logits.device)
         pick = (rows - 1).to(logits.device)
         extra_feats = {k: v[pick] for k, v in corpus.items()}

@@ -3,6 +3,12 @@
 Devices and AMP, gradient clipping, seeded determinism, a progress bar, metrics to JSONL,
 validation each epoch with early stopping, checkpoints every N steps and exact resumption all
 live here and nowhere else.
+
+The validation loss (``valid.loss`` of each epoch's record) is the task's own loss over a few
+fixed validation batches, computed without side effects: model and task in eval mode (a task in
+eval mode updates no state and draws from no training stream, see ``objectives.tasks``), no
+gradients, the global RNGs forked and restored, the modules' modes put back. Training is
+therefore the same, step for step, with and without it.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -166,21 +172,48 @@ class Trainer:
         self.examples += len(batch)
         return {"loss": float(loss.detach()), **logs}
 
+    @torch.no_grad()
+    def validation_loss(self, batches: Sequence[Batch]) -> float:
+        """The task's loss over ``batches`` (mean over rows), changing nothing training reads:
+        eval mode (the task's side-effect-free loss), no gradients, the global torch RNGs
+        (CPU and CUDA) restored afterwards, and each module's train/eval mode put back."""
+        modes = [(m, m.training) for m in (self.model, self.task)]
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+        total, rows = 0.0, 0
+        try:
+            self.model.eval()
+            self.task.eval()
+            with torch.random.fork_rng(devices=devices), ctx:
+                # a loss that draws from the global RNG (MGDSPR's mixing weights) repeats every epoch
+                torch.manual_seed(self.cfg.seed)
+                for batch in batches:
+                    loss, _ = self.task.loss(self.model, batch.to(self.device), self.step)
+                    total += float(loss) * len(batch)
+                    rows += len(batch)
+        finally:
+            for module, training in modes:
+                module.train(training)
+        return total / rows if rows else float("nan")
+
     def fit(self, data: BatchSource, validate: Callable[[nn.Module], dict] | None = None,
             metric: str | None = None, resume: bool = False,
-            num_batches: int | None = None) -> TrainResult:
+            num_batches: int | None = None,
+            validation_batches: Sequence[Batch] | None = None) -> TrainResult:
         """Train (and validate) with ``train.threads`` torch CPU threads; the process's thread
-        count is restored when fit returns or fails, so a run does not change it for the caller."""
+        count is restored when fit returns or fails, so a run does not change it for the caller.
+        ``validation_batches``: the batches whose loss is logged after every epoch."""
         threads_before = torch.get_num_threads()
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         try:
-            return self._fit(data, validate, metric, resume, num_batches)
+            return self._fit(data, validate, metric, resume, num_batches, validation_batches or [])
         finally:
             torch.set_num_threads(threads_before)
 
     def _fit(self, data: BatchSource, validate: Callable[[nn.Module], dict] | None,
-             metric: str | None, resume: bool, num_batches: int | None) -> TrainResult:
+             metric: str | None, resume: bool, num_batches: int | None,
+             validation_batches: Sequence[Batch]) -> TrainResult:
         if not (resume and self.resume()):  # nothing to resume: start as a fresh run would
             seed_everything(self.cfg.seed)
         best_path = self.run_dir.root / "best.safetensors" if self.run_dir else None
@@ -234,6 +267,9 @@ class Trainer:
                             best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
                     else:
                         self.bad_epochs += 1
+            if validation_batches:  # after model selection: the loss is not a metric to maximise
+                record["valid"] = {**record.get("valid", {}),
+                                   "loss": self.validation_loss(validation_batches)}
             self._log(record)
             if self.cfg.progress and not is_quiet():
                 print(epoch_line(record, self.cfg.epochs, metric,
@@ -260,6 +296,8 @@ def epoch_line(record: dict[str, Any], epochs: int, metric: str | None, per_seco
     """One line per epoch — what a log file (nohup, CI, a scheduler) keeps, where no bar shows."""
     parts = [f"epoch {record['epoch'] + 1}/{epochs}", f"loss {record['train_loss']:.4f}"]
     valid = record.get("valid") or {}
+    if isinstance(valid.get("loss"), (int, float)):
+        parts.append(f"valid loss {valid['loss']:.4f}")
     if metric and isinstance(valid.get(metric), (int, float)):
         parts.append(f"valid {metric} {valid[metric]:.4f}")
     parts.append(f"{per_second:,.0f} examples/s")
