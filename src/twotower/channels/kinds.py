@@ -33,6 +33,8 @@ class Channel(Protocol):
     name: str
     #: request fields this channel reads (the service's accepted fields are their union)
     fields: tuple[str, ...]
+    #: the kind of value each field holds (text, sequence, categorical ...): the inspector's form
+    field_kinds: dict[str, str]
 
     def retrieve(self, requests: Sequence[dict], k: int,
                  exclude: list[list] | None = None) -> tuple[Ids, Scores]: ...
@@ -194,6 +196,9 @@ class RunChannel:
         except (ArtifactError, DataError) as err:
             raise type(err)(f"channel {name!r}: {err}") from None
         self.fields = tuple(self.retriever.query_columns)
+        configs = self.retriever.features.configs
+        self.field_kinds = {configs[n].source: configs[n].kind.value
+                            for n in self.retriever.query_features}
 
     def retrieve(self, requests, k, exclude=None):
         cols = set(self.fields)
@@ -219,6 +224,7 @@ class _KeyedI2I:
         self.name, self.items, self.S = name, items, neighbours
         self.field, self.recent, self.decay = field, recent, decay
         self.fields = (field,)
+        self.field_kinds = {field: "sequence"}  # the request's recent items
 
     def retrieve(self, requests, k, exclude=None):
         import scipy.sparse as sp
@@ -335,6 +341,7 @@ class PopularityChannel:
         self.name, self.items, self.score = cfg.name, ItemIds(ids), a["score"].astype(np.float64)
         self.order = np.lexsort((np.arange(len(self.score)), -self.score))  # ties: table order
         self.fields = ()
+        self.field_kinds: dict[str, str] = {}
 
     def popularity(self, raw_ids: Sequence) -> np.ndarray:
         """Scores of raw ids (0 for items the log never saw)."""
@@ -420,6 +427,7 @@ class BM25Channel:
                                  shape=(len(ids), len(self.vocab))).T.tocsr()  # [V, N]
         self.field = cfg.query_field
         self.fields = (cfg.query_field,)
+        self.field_kinds = {cfg.query_field: "text"}
 
     def retrieve(self, requests, k, exclude=None):
         texts = pa.array([None if r.get(self.field) is None else str(r.get(self.field))

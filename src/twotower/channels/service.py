@@ -155,7 +155,17 @@ class ChannelService:
     def metadata(self) -> dict:
         return {"index_version": self.version, "channels": {c.name: c.kind for c in self.cfg.channels},
                 "weights": self.weights, "merge": self.cfg.merge.model_dump(mode="json"),
-                "query_columns": self.query_columns, "budget_ms": self.cfg.service.budget_ms}
+                "query_columns": self.query_columns, "query_features": self.query_kinds(),
+                "budget_ms": self.cfg.service.budget_ms}
+
+    def query_kinds(self) -> dict[str, str]:
+        """Each accepted field -> the kind of value it holds, as the channels reading it say."""
+        kinds = {f: "value" for f in self.query_columns}
+        for ch in self.channels.values():
+            kinds.update(getattr(ch, "field_kinds", {}))
+        if self.cfg.merge.exclude_field:
+            kinds[self.cfg.merge.exclude_field] = "sequence"
+        return kinds
 
     # ---- requests
     def fetch(self, requests: Sequence[dict], exclude: list[list] | None = None,

@@ -6,6 +6,10 @@ or of two side by side: rank, raw id, score, the business weight folded into the
 cosine before it), which query vector retrieved the item (multi-interest models search with every
 vector and keep each item's best), and the channel when the retrieval result carries one.
 
+Serving a merge of channels (``twotower serve --channels``), there is no per-vector index to
+search: the page shows the service's own merged answer, and the channel column lists every
+channel that found each item with its rank there (``MergedInspector``).
+
 Data routes (``/inspector/api/...``) need the ``X-API-Key`` when the service has a key; the
 page itself holds no data and asks for the key in a field.
 """
@@ -86,6 +90,11 @@ class Inspector:
             self._weights[column] = dict(zip(t[id_col].to_pylist(), t[column].to_pylist()))
         return self._weights[column]
 
+    def info(self) -> dict[str, Any]:
+        meta = self.retriever.metadata()
+        return {"model": meta.get("model"), "query_features": meta["query_features"],
+                "item_id": meta.get("item_id")}
+
     def search(self, query: dict, k: int, version: str) -> dict[str, Any]:
         vi = self._index(version)
         q = self.retriever.encode([query])[0]  # [V, D]
@@ -125,9 +134,49 @@ class Inspector:
                 row["channel" if key in ("channel", "channels") else key] = None if i is None else vals[i]
 
 
-def install_inspector(app, retriever, api_key: str | None) -> Inspector:
+class MergedInspector:
+    """The inspector of a service that merges several sources (a ``ChannelService``: the
+    Retriever's serving interface, no per-vector index): each row is the service's own answer —
+    rank, id, merged score — with its channel breakdown (channel -> rank there, 0 = its best,
+    and scores). Only the live weights version answers: older weights are not kept loaded."""
+
+    def __init__(self, service):
+        self.retriever = service
+
+    def versions(self) -> list[str]:
+        return [self.retriever.version]
+
+    def info(self) -> dict[str, Any]:
+        meta = self.retriever.metadata()
+        names = list(meta.get("channels") or {})
+        return {"model": f"channels: {', '.join(names)}" if names else meta.get("model"),
+                "query_features": meta.get("query_features") or {}, "item_id": meta.get("item_id")}
+
+    def search(self, query: dict, k: int, version: str) -> dict[str, Any]:
+        if version != self.retriever.version:
+            raise ArtifactError(f"version {version}: the merged service answers with its live "
+                                f"weights ({self.retriever.version}) only")
+        out = self.retriever.retrieve([query], k)
+        res = out["results"][0]
+        found = res.get("channels") or [None] * len(res["ids"])
+        rows = [{"rank": rank, "id": raw, "score": float(score), "weight": None, "cosine": None,
+                 "vector": 0, "channel": by}
+                for rank, (raw, score, by) in enumerate(zip(res["ids"], res["scores"], found), 1)]
+        index = self.retriever.index
+        return {"version": version, "kind": index.manifest.get("kind", "merged"),
+                "count": index.count, "weight_column": None, "vectors": 1, "results": rows,
+                "failed": out.get("failed_channels") or {}}
+
+
+def inspector_for(retriever) -> Inspector | MergedInspector:
+    """Per-vector provenance for a run's Retriever (it encodes queries); the merged answer of a
+    service that does not (channels)."""
+    return Inspector(retriever) if callable(getattr(retriever, "encode", None)) else MergedInspector(retriever)
+
+
+def install_inspector(app, retriever, api_key: str | None) -> Inspector | MergedInspector:
     """``GET /inspector`` (the page) and its data routes under ``/inspector/api``."""
-    inspector = Inspector(retriever)
+    inspector = inspector_for(retriever)
     app.state.inspector = inspector
 
     def check(key: Optional[str]) -> None:
@@ -141,10 +190,8 @@ def install_inspector(app, retriever, api_key: str | None) -> Inspector:
     @app.get("/inspector/api/info")
     def info(x_api_key: Optional[str] = Header(None)) -> dict:
         check(x_api_key)
-        meta = retriever.metadata()
         return {"live": retriever.version, "versions": inspector.versions(),
-                "query_columns": retriever.query_columns, "query_features": meta["query_features"],
-                "model": meta.get("model"), "item_id": meta.get("item_id"),
+                "query_columns": retriever.query_columns, **inspector.info(),
                 "key_required": api_key is not None}
 
     @app.post("/inspector/api/search")
