@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -171,10 +170,22 @@ def test_missing_truth_is_data_error(tmp_path):
         SimulatorTruth.load(tmp_path)
 
 
-def test_small_run_is_fast(tmp_path):
-    start = time.perf_counter()
-    simulate(SimulatorConfig(n_impressions=100_000), tmp_path)
-    assert time.perf_counter() - start < 10.0
+def test_default_world_at_demo_size_is_whole_distinct_searches(tmp_path):
+    """The default world (5,000 ads, 3,000 queries) at 100k impressions: exactly that many rows,
+    search-major and cut only in the last search, slots 0..3 in order, no ad shown twice in one
+    search. (How long it takes is bench/mobius.py's ``simulate_seconds``, not a unit test's.)"""
+    cfg = SimulatorConfig(n_impressions=100_000)
+    sim = simulate(cfg, tmp_path)
+    log = pq.read_table(sim.impressions_path, columns=["search_id", "position", "ad_id"])
+    assert log.num_rows == sim.n_impressions == 100_000
+    assert sim.n_searches == 100_000 // cfg.slots
+    search = log["search_id"].to_numpy()
+    position = log["position"].to_numpy()
+    ad = log["ad_id"].to_numpy()
+    assert (np.diff(search) >= 0).all()
+    np.testing.assert_array_equal(position, np.tile(np.arange(cfg.slots), sim.n_searches))
+    assert 0 <= ad.min() and ad.max() < cfg.n_ads
+    assert len(np.unique(search * cfg.n_ads + ad)) == log.num_rows  # distinct ads per search
 
 
 def test_funnel_log_ranks_every_candidate_and_shows_the_top_slots(sim, log):
