@@ -7,7 +7,6 @@ fields live in the config class each model registers (``models.register``, kept 
 """
 from __future__ import annotations
 
-import difflib
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +16,7 @@ from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationEr
                       model_validator)
 
 from twotower import registry
-from twotower.errors import ConfigError
+from twotower.errors import ConfigError, validation_message
 from twotower.types import FeatureKind, Side
 
 __all__ = ["FeatureKind"]  # re-exported: configs name feature kinds; the enum lives in types
@@ -345,24 +344,6 @@ def model_config_class(name: str) -> type[ModelConfig]:
     return entry[1]
 
 
-def _format_errors(err: ValidationError, source: str, raw: Any) -> str:
-    lines = [f"{source}: invalid configuration"]
-    for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field"
-            parent_loc, name = e["loc"][:-1], str(e["loc"][-1])
-            known = _known_fields(parent_loc, raw)
-            close = difflib.get_close_matches(name, known, n=1)
-            if close:
-                msg += f" (did you mean {close[0]!r}?)"
-        elif "input" in e and not isinstance(e["input"], (dict, list)):
-            msg += f" (got {e['input']!r})"
-        lines.append(f"  {path}: {msg}")
-    return "\n".join(lines)
-
-
 def _known_fields(loc: tuple, raw: Any) -> list[str]:
     """Field names valid at ``loc`` (a pydantic error location), for 'did you mean'."""
     model: type[BaseModel] | None = RunConfig
@@ -415,7 +396,7 @@ def validate_config(raw: Any, source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, source, raw)) from None
+        raise ConfigError(validation_message(err, source, known_fields=lambda loc: _known_fields(loc, raw))) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

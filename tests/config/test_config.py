@@ -162,3 +162,29 @@ def test_model_specific_fields_survive_a_saved_config_round_trip():
     again = validate_config(yaml.safe_load(dump_config(cfg)))
     assert type(again.model) is type(cfg.model)
     assert again.model == cfg.model
+
+
+def test_run_channels_and_simulator_configs_word_their_errors_alike():
+    """One formatter (errors.validation_message): a header, then `  field: problem` per line,
+    'did you mean' for a misspelt field and the wrong value quoted, whichever config it is."""
+    from twotower.channels.config import validate_channels
+    from twotower.data.simulator import SimulatorConfig
+
+    cases = [
+        (lambda: validate_config({"data": {"train": "x.parquet", "features": []},
+                                  "train": {"lr": -1, "epoch": 2}}, "run.yaml"),
+         "run.yaml: invalid configuration", "train.epoch", "'epochs'", "train.lr"),
+        (lambda: validate_channels({"channels": [{"name": "cf", "kind": "itemcf", "log": "x",
+                                                   "recnt": 3, "recent": -1}]}, "ch.yaml"),
+         "ch.yaml: invalid channels configuration", "channel 'cf': recnt", "'recent'",
+         "channel 'cf': recent"),
+        (lambda: SimulatorConfig(n_ads=-5, n_impresions=3),
+         "simulator config: invalid configuration", "n_impresions", "'n_impressions'", "n_ads"),
+    ]
+    for make, header, unknown, suggestion, bad_value in cases:
+        with pytest.raises(ConfigError) as info:
+            make()
+        lines = str(info.value).splitlines()
+        assert lines[0] == header
+        assert f"  {unknown}: unknown field (did you mean {suggestion}?)" in lines
+        assert any(line.startswith(f"  {bad_value}: ") and "(got -" in line for line in lines)

@@ -13,7 +13,6 @@ Relative paths are resolved against the YAML file's folder. An invalid file rais
 """
 from __future__ import annotations
 
-import difflib
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
@@ -21,7 +20,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from twotower.errors import ConfigError
+from twotower.errors import ConfigError, validation_message
 
 
 class _Strict(BaseModel):
@@ -257,19 +256,15 @@ def validate_channels(raw: Any, source: str = "channels config", base: Path | No
     try:
         cfg = ChannelsConfig.model_validate(raw)
     except ValidationError as err:
-        lines = [f"{source}: invalid channels configuration"]
-        for e in err.errors():
-            msg = e["msg"]
-            if e["type"] == "extra_forbidden":
-                msg = "unknown field"
-                loc = e["loc"]
-                if len(loc) >= 3 and loc[0] == "channels" and isinstance(loc[1], int):
-                    kind = chans[loc[1]].get("kind") if isinstance(chans, list) else None
-                    close = difflib.get_close_matches(str(loc[-1]), _fields_of(kind), n=1)
-                    if close:
-                        msg += f" (did you mean {close[0]!r}?)"
-            lines.append(f"  {_where(e['loc'], raw)}: {msg}")
-        raise ConfigError("\n".join(lines)) from None
+        def known(parent: tuple) -> list[str]:  # the fields of the channel's kind
+            if len(parent) >= 2 and parent[0] == "channels" and isinstance(parent[1], int):
+                kind = chans[parent[1]].get("kind") if isinstance(chans, list) else None
+                return _fields_of(kind)
+            return []
+
+        raise ConfigError(validation_message(err, source, "channels configuration",
+                                             where=lambda loc: _where(loc, raw),
+                                             known_fields=known)) from None
     if base is not None:
         cfg = _resolve_paths(cfg, base)
     return cfg

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from twotower.data.words import GENERIC_WORDS, LURE_WORDS, RELATED_TOPICS, TOPICS
-from twotower.errors import ConfigError, DataError
+from twotower.errors import ConfigError, DataError, validation_message
 
 #: relevance = topicality · (W_TOPIC·same + W_RELATED·related) + W_OVERLAP·overlap.
 W_TOPIC, W_RELATED, W_OVERLAP = 0.45, 0.10, 0.55
@@ -102,10 +102,8 @@ class SimulatorConfig(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
-            )
-            raise ConfigError(f"invalid simulator config: {problems}") from None
+            raise ConfigError(validation_message(exc, "simulator config", known_fields=lambda loc:
+                                                 list(SimulatorConfig.model_fields))) from None
 
     @model_validator(mode="after")
     def _consistent(self) -> "SimulatorConfig":
