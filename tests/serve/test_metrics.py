@@ -120,3 +120,29 @@ def test_inspector_routes_need_the_key_and_show_provenance(run_dir):
     assert bad.status_code == 422
     assert client.post("/inspector/api/search", json={**body, "query": {"nope": 1}},
                        headers=h).status_code == 422
+
+
+def test_access_log_follows_stderr_after_a_swapped_one_is_closed(capsys):
+    """`twotower serve` under a CLI runner set the handler up on the runner's stderr, closed
+    after the call: every later access line was a 'Logging error'. It now writes to the
+    stderr of the moment."""
+    import io
+    import sys
+
+    from twotower.serve.metrics import ACCESS_LOG, configure_access_log
+
+    saved = (list(ACCESS_LOG.handlers), ACCESS_LOG.level, ACCESS_LOG.propagate)
+    ACCESS_LOG.handlers = [h for h in ACCESS_LOG.handlers if not getattr(h, "_twotower", False)]
+    swapped, real = io.StringIO(), sys.stderr
+    try:
+        sys.stderr = swapped
+        configure_access_log()
+        ACCESS_LOG.info('{"during": 1}')
+        sys.stderr = real
+        swapped.close()
+        ACCESS_LOG.info('{"after": 1}')
+    finally:
+        sys.stderr = real
+        ACCESS_LOG.handlers, ACCESS_LOG.level, ACCESS_LOG.propagate = saved
+    err = capsys.readouterr().err
+    assert '{"after": 1}' in err and "Logging error" not in err

@@ -134,9 +134,9 @@ def serve(run_dir: str | Path | None, host: str = "127.0.0.1", port: int = 8000,
     (the CLI opens it: serve never imports the channels stage, which sits above it)."""
     import uvicorn
 
-    configure_access_log()
     security = SecurityConfig(api_key=api_key, client_key=client_key,
                               cors_origins=tuple(cors_origins))
     app = create_app(run_dir, max_k=max_k, security=security, docs=docs, inspector=inspector,
                      channels=channels)
+    configure_access_log()  # once the app is up: a run that fails to open installs nothing
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import time
 import uuid
 from typing import Any
@@ -166,11 +167,28 @@ def _log_access(rid: str, scope, route: str, status: int, seconds: float) -> Non
     ACCESS_LOG.info(json.dumps(record))
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not the stream it was when
+    the handler was made: a caller that swaps stderr for a while (a CLI runner, a test's capture)
+    closes that stream afterwards, and every later access line would be a 'Logging error'."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler sets it; stderr is always looked up
+        pass
+
+
 def configure_access_log(stream=None) -> None:
-    """JSON lines on stderr (the message is already JSON: no prefix)."""
+    """JSON lines on stderr, or on ``stream`` (the message is already JSON: no prefix)."""
     if any(getattr(h, "_twotower", False) for h in ACCESS_LOG.handlers):
         return
-    handler = logging.StreamHandler(stream)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler._twotower = True  # type: ignore[attr-defined]
     ACCESS_LOG.addHandler(handler)
