@@ -128,12 +128,26 @@ def time_cuda(x: torch.Tensor, q: torch.Tensor, k: int, n_items: int = 10_000_00
     return out
 
 
-def bench_kind(kind: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray, params: dict | None) -> dict:
+def bench_kind(kind: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray, params: dict | None,
+               backend: str = "faiss") -> dict | None:
     from twotower.index.ann import build_index
 
     ids = np.arange(len(x))
     t0 = time.perf_counter()
-    vi = build_index(x, ids, kind, params)
+    if backend == "milvus":  # the same vectors in an embedded milvus-lite file
+        from twotower.errors import ConfigError
+        from twotower.index.ann import build_milvus_index
+        from twotower.index.milvus import check_kind
+
+        db = Path(tempfile.mkdtemp(prefix="tt_milvus_")) / "bench.db"
+        try:
+            check_kind(kind, str(db))
+        except ConfigError as err:
+            print(f"milvus {kind}: skipped ({err})")
+            return None
+        vi = build_milvus_index(x, ids, kind, params, None, False, None, None, str(db), "bench")
+    else:
+        vi = build_index(x, ids, kind, params)
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     _, lab = vi.search(q, 100)
@@ -143,8 +157,10 @@ def bench_kind(kind: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray, param
     for row in singles:
         vi.search(row[None, :], 10)
     single_qps = len(singles) / (time.perf_counter() - t0)
-    return {"kind": kind, "params": vi.manifest["params"], "build_s": build_s,
-            "bytes_per_item": vi.nbytes() / len(x), "qps_batch1000": batch_qps,
+    size = (sum(f.stat().st_size for f in db.parent.rglob("*") if f.is_file())
+            if backend == "milvus" else vi.nbytes())  # milvus: its files on disk
+    return {"kind": kind, "backend": backend, "params": vi.manifest["params"], "build_s": build_s,
+            "bytes_per_item": size / len(x), "qps_batch1000": batch_qps,
             "qps_single": single_qps, "recall@10": recall(lab, truth, 10),
             "recall@100": recall(lab, truth, 100)}
 
@@ -186,6 +202,8 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="*",
                     default=["flat", "hnsw", "ivf-flat", "ivf-pq", "opq", "sq8", "fp16"])
     ap.add_argument("--device", default="cpu", help="device of twotower's exact path")
+    ap.add_argument("--backends", nargs="*", default=["faiss"], choices=["faiss", "milvus"],
+                    help="milvus: the same kinds in milvus-lite (pip install 'twotower[milvus]')")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "index.json")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
@@ -194,15 +212,16 @@ def main() -> None:
     for name in args.datasets:
         x, q = DATASETS[name](args.n, args.queries, rng)
         exact, truth = time_exact(x, q, 100, args.device)
-        rows = [bench_kind(kind, x, q, truth, None) for kind in args.kinds]
+        rows = [r for backend in args.backends for kind in args.kinds
+                if (r := bench_kind(kind, x, q, truth, None, backend)) is not None]
         results["datasets"][name] = {"exact": exact, "kinds": rows}
         print(f"\n{name}: {args.n:,} x {DIM}, {args.queries} queries | FAISS flat "
               f"{exact['faiss_flat_qps']:.0f} q/s, twotower exact ({args.device}) "
               f"{exact['twotower_exact_qps']:.0f} q/s = {exact['speedup_vs_faiss_flat']:.2f}x")
-        print(f"{'kind':<10}{'build s':>9}{'B/item':>9}{'q/s@1000':>11}{'q/s@1':>9}"
+        print(f"{'backend':<8}{'kind':<10}{'build s':>9}{'B/item':>9}{'q/s@1000':>11}{'q/s@1':>9}"
               f"{'R@10':>7}{'R@100':>7}{'x flat':>8}")
         for r in rows:
-            print(f"{r['kind']:<10}{r['build_s']:>9.1f}{r['bytes_per_item']:>9.1f}"
+            print(f"{r['backend']:<8}{r['kind']:<10}{r['build_s']:>9.1f}{r['bytes_per_item']:>9.1f}"
                   f"{r['qps_batch1000']:>11.0f}{r['qps_single']:>9.0f}{r['recall@10']:>7.3f}"
                   f"{r['recall@100']:>7.3f}{r['qps_batch1000'] / exact['faiss_flat_qps']:>8.1f}")
         if name == "real" and "opq" in args.kinds:

@@ -10,6 +10,11 @@ After each phase it scrapes ``GET /metrics``: the request counter must have move
 requests, and the service's latency histogram (the phase's bucket deltas, quantiles interpolated as
 PromQL does) must give the client-measured p50 / p99 within the width of the bucket holding them.
 Usage: python bench/serve_load.py [--items 1000000] [--clients 16] [--seconds 30] [--out FILE]
+                                  [--configs one-by-one,batched-2-workers,batched] [--baseline-src OLD/src]
+Configs: "one-by-one" (--no-batching), "batched" (serve/batcher.py), "batched-2-workers"; "before"
+(--baseline-src: the service of another checkout, as installed then). Each gets a single-client
+phase, the steady phase and the hot-swap phase; the top-level steady / hot_swap / metrics_scrape
+are those of the last config.
 """
 from __future__ import annotations
 
@@ -71,12 +76,14 @@ def load(url: str, queries: list[dict], clients: int, seconds: float,
     lat: list[float] = []
     errors = [0]
     lock = threading.Lock()
-    stop = time.perf_counter() + seconds
+    ready = threading.Barrier(clients + 1)  # clients are made (TLS context ~50 ms) before the clock
+    stop = [0.0]
 
     def client(cid: int) -> None:
         with httpx.Client(timeout=10.0) as c:
             i = cid
-            while time.perf_counter() < stop:
+            ready.wait()
+            while time.perf_counter() < stop[0]:
                 body = {"queries": [queries[i % len(queries)]], "k": 50}
                 t0 = time.perf_counter()
                 try:
@@ -93,10 +100,12 @@ def load(url: str, queries: list[dict], clients: int, seconds: float,
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     for t in threads:
         t.start()
+    stop[0] = time.perf_counter() + seconds
+    ready.wait()
     swap = during() if during else None
     for t in threads:
         t.join()
-    a = np.array(lat) * 1000
+    a = np.array(lat or [np.nan]) * 1000
     return {"requests": len(a), "errors": errors[0], "p50_ms": float(np.percentile(a, 50)),
             "p99_ms": float(np.percentile(a, 99)), "rps": len(a) / seconds, "swap": swap}
 
@@ -151,73 +160,144 @@ def excerpt(text: str) -> str:
     return "\n".join(keep)
 
 
+#: name -> extra `twotower serve` arguments; "before" runs the same service from --baseline-src
+CONFIGS = {
+    "before": [],
+    "one-by-one": ["--no-batching"],
+    "batched": [],
+    "batched-2-workers": ["--workers", "2"],
+}
+
+
+BEFORE = ("import os, sys, uvicorn; from twotower.serve.app import create_app; "
+          "uvicorn.run(create_app(sys.argv[1], api_key=os.environ['TWOTOWER_API_KEY']), "
+          "host='127.0.0.1', port=int(sys.argv[2]), "
+          "log_level='warning', http='h11', loop='asyncio')")
+
+
+def start_server(run: Path, port: int, extra: list[str], src: str | None, admin_key: str):
+    """``twotower serve`` of ``run`` (admin routes on with ``admin_key``), once /health answers."""
+    import httpx
+
+    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+               TWOTOWER_API_KEY=admin_key)
+    cmd = [sys.executable, "-m", "twotower.cli", "serve", str(run), "--port", str(port), *extra]
+    if src:  # the service as it was: another checkout's package, uvicorn's pure-Python HTTP (h11)
+        env["PYTHONPATH"] = src  # and asyncio loop as installed then (no httptools / uvloop)
+        cmd = [sys.executable, "-c", BEFORE, str(run), str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise SystemExit(f"service exited with {proc.returncode}")
+        time.sleep(0.5)
+    proc.terminate()
+    raise SystemExit("service did not start")
+
+
+def versions_served(url: str, tries: int = 40) -> list[str]:
+    """Index versions reported by /health over fresh connections (every worker, likely)."""
+    import httpx
+
+    return sorted({httpx.get(url + "/health", timeout=5).json()["index_version"]
+                   for _ in range(tries)})
+
+
+def measure(run: Path, queries: list[dict], name: str, args) -> dict:
+    import httpx
+
+    src = args.baseline_src if name == "before" else None
+    admin_key = secrets.token_urlsafe(24)  # admin routes (the hot swap) are off without a key
+    proc, url = start_server(run, free_port(), CONFIGS[name], src, admin_key)
+
+    def scrape() -> str | None:  # the "before" service has no /metrics
+        r = httpx.get(url + "/metrics", timeout=10)
+        return r.text if r.status_code == 200 else None
+
+    try:
+        load(url, queries, args.clients, 3.0)  # warm-up, not reported
+        single = load(url, queries, 1, args.single_seconds)
+        scrape0 = scrape()
+        steady = load(url, queries, args.clients, args.seconds)
+        scrape1 = scrape()
+
+        def swap() -> dict:
+            from twotower.index.ann import load_index, save_index
+
+            time.sleep(args.seconds / 3)
+            new = save_index(load_index(run), run)  # a new version of the same index -> CURRENT
+            t0 = time.perf_counter()
+            r = httpx.post(url + "/admin/reload", json={"version": new}, timeout=600,
+                           headers={"Authorization": f"Bearer {admin_key}"})
+            return {"status": r.status_code, "version": new, "reload_s": time.perf_counter() - t0}
+
+        swapping = load(url, queries, args.clients, args.seconds, during=swap)
+        scrape2 = scrape()
+        time.sleep(2.5)  # other workers follow CURRENT within their 1 s poll
+        after = versions_served(url)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    out = {"args": CONFIGS[name], "src": src, "single": single, "steady": steady,
+           "hot_swap": swapping, "versions_after": after}
+    if scrape0 is not None and "--workers" not in CONFIGS[name]:  # one worker: one histogram
+        out["metrics_scrape"] = {"steady": scrape_phase(scrape0, scrape1, steady),
+                                 "hot_swap": scrape_phase(scrape1, scrape2, swapping),
+                                 "excerpt": excerpt(scrape2)}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=1_000_000)
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--single-seconds", type=float, default=10)
+    ap.add_argument("--configs", default="one-by-one,batched-2-workers,batched",
+                    help=f"comma-separated, of {', '.join(CONFIGS)}")
+    ap.add_argument("--baseline-src", default=None,
+                    help="src/ of the code before (adds config 'before', served from there)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "serve_load.json")
     args = ap.parse_args()
-    import httpx
+    names = args.configs.split(",")
+    if args.baseline_src and "before" not in names:
+        names.insert(0, "before")
+    unknown = set(names) - set(CONFIGS)
+    if unknown or ("before" in names and not args.baseline_src):
+        raise SystemExit(f"unknown configs {sorted(unknown)} (or 'before' without --baseline-src)")
 
     with tempfile.TemporaryDirectory() as tmp:
         run, queries = make_run(Path(tmp), args.items)
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        admin_key = secrets.token_urlsafe(24)
-        proc = subprocess.Popen([sys.executable, "-m", "twotower.cli", "serve", str(run),
-                                 "--port", str(port)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL,
-                                env={**os.environ, "TWOTOWER_API_KEY": admin_key})
-        try:
-            for _ in range(600):
-                try:
-                    if httpx.get(url + "/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.5)
-            else:
-                raise SystemExit("service did not start")
-            scrape0 = httpx.get(url + "/metrics").text
-            steady = load(url, queries, args.clients, args.seconds)
-            scrape1 = httpx.get(url + "/metrics").text
-
-            def swap() -> dict:
-                from twotower.index.ann import load_index, save_index
-
-                time.sleep(args.seconds / 3)
-                new = save_index(load_index(run), run)  # a new version of the same index
-                t0 = time.perf_counter()
-                r = httpx.post(url + "/admin/reload", json={"version": new}, timeout=600,
-                               headers={"Authorization": f"Bearer {admin_key}"})
-                return {"status": r.status_code, "version": new,
-                        "reload_s": time.perf_counter() - t0}
-
-            swapping = load(url, queries, args.clients, args.seconds, during=swap)
-            scrape2 = httpx.get(url + "/metrics").text
-            version = httpx.get(url + "/health").json().get("index_version")
-        finally:
-            proc.terminate()
-            proc.wait(30)
-    scraped = {"steady": scrape_phase(scrape0, scrape1, steady),
-               "hot_swap": scrape_phase(scrape1, scrape2, swapping), "excerpt": excerpt(scrape2)}
+        configs = {n: measure(run, queries, n, args) for n in names}
+    last = configs[names[-1]]
     res = {"items": args.items, "clients": args.clients, "seconds": args.seconds,
-           "steady": steady, "hot_swap": swapping, "version_after": version,
-           "metrics_scrape": scraped}
+           "baseline": names[0], "primary": names[-1], "configs": configs,
+           "steady": last["steady"], "hot_swap": last["hot_swap"],
+           "version_after": last["versions_after"][-1]}
+    if "metrics_scrape" in last:
+        res["metrics_scrape"] = last["metrics_scrape"]
     print(f"service on loopback, {args.items:,}-item ivf-flat index, {args.clients} clients, "
-          f"{args.seconds:.0f} s per phase")
-    for name, r in (("steady", steady), ("hot swap", swapping)):
-        print(f"  {name:<9} {r['requests']:>7} requests  {r['rps']:>7.0f} req/s  "
-              f"p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  errors {r['errors']}")
-    print(f"  swap: {swapping['swap']}, serving {version} after")
-    for name in ("steady", "hot_swap"):
-        m = scraped[name]
-        print(f"  /metrics {name:<9} +{m['requests_200_delta']:.0f} requests (clients: "
-              f"{m['client_requests']}), histogram p50 {m['p50_ms']:.1f} ms (bucket "
-              f"{m['p50_bucket_width_ms']:.0f} ms, within: {m['p50_within_bucket']}), p99 "
-              f"{m['p99_ms']:.1f} ms (bucket {m['p99_bucket_width_ms']:.0f} ms, within: "
-              f"{m['p99_within_bucket']})")
-    print(scraped["excerpt"])
+          f"{args.seconds:.0f} s per phase; x = req/s over {names[0]!r} of this run")
+    print(f"{'config':<19} {'phase':<9} {'requests':>8} {'req/s':>7} {'x':>6} {'p50 ms':>7} "
+          f"{'p99 ms':>7} {'errors':>6}")
+    for n, c in configs.items():
+        for phase in ("single", "steady", "hot_swap"):
+            r = c[phase]
+            print(f"{n:<19} {phase:<9} {r['requests']:>8} {r['rps']:>7.0f} "
+                  f"{r['rps'] / configs[names[0]][phase]['rps']:>6.2f} "
+                  f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {r['errors']:>6}")
+        print(f"{'':<19} swap {c['hot_swap']['swap']}, serving {c['versions_after']} after")
+        for phase, m in c.get("metrics_scrape", {}).items():
+            if phase != "excerpt":
+                print(f"{'':<19} /metrics {phase}: +{m['requests_200_delta']:.0f} requests "
+                      f"(clients {m['client_requests']}), p50 {m['p50_ms']:.1f} ms "
+                      f"(within bucket: {m['p50_within_bucket']}), p99 {m['p99_ms']:.1f} ms "
+                      f"(within bucket: {m['p99_within_bucket']})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2))
     from plots import plot_results

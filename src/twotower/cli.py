@@ -190,8 +190,11 @@ def index_cmd(args: List[str] = typer.Argument(..., metavar="RUN_DIR | add RUN_D
                                        "flat, hnsw, ivf-flat, ivf-pq, opq, sq8, fp16"),
               param: List[str] = typer.Option([], "--param", help="index parameter, e.g. nlist=1024"),
               weight_column: Optional[str] = typer.Option(None, help="business weight column of the "
-                                                          "item table, folded into the vectors")):
-    """Build a FAISS index of a run's items (a new version), or add / remove items."""
+                                                          "item table, folded into the vectors"),
+              backend: str = typer.Option("faiss", help="faiss (in process) or milvus"),
+              uri: Optional[str] = typer.Option(None, help="milvus: a local .db file (milvus-lite, "
+                                                "default RUN/index/milvus.db) or http://host:19530")):
+    """Build an index of a run's items (a new version), or add / remove items."""
     def go():
         from twotower.errors import ConfigError
         from twotower.index import run_index
@@ -211,7 +214,7 @@ def index_cmd(args: List[str] = typer.Argument(..., metavar="RUN_DIR | add RUN_D
                 if not value:
                     raise ConfigError(f"--param {kv!r}: expected name=value")
                 params[name] = None if value.lower() == "auto" else int(value) if value.lstrip("-").isdigit() else value
-            vi = run_index.build_run_index(args[0], kind, params, weight_column)
+            vi = run_index.build_run_index(args[0], kind, params, weight_column, backend, uri)
         m = vi.manifest
         typer.echo(json.dumps({"version": m["version"], "kind": m["kind"], "count": m["count"],
                                "params": m["params"], "recall": m.get("recall"),
@@ -243,23 +246,37 @@ def serve(run_dir: Optional[Path] = typer.Argument(None, help="run folder (or --
           inspector: bool = typer.Option(False, help="serve the retrieval inspector page at "
                                          "/inspector (behind the API key when one is set)"),
           channels: Optional[Path] = typer.Option(None, help="channels YAML: serve the merge of "
-                                                  "its channels instead of one run")):
+                                                  "its channels instead of one run"),
+          workers: int = typer.Option(1, min=1, help="replica processes sharing one mmap'ed index"),
+          max_batch: int = typer.Option(256, min=1, help="query rows batched into one search"),
+          max_wait_ms: float = typer.Option(2.0, min=0, max=1000,
+                                            help="longest a request waits to be batched (under load)"),
+          batching: bool = typer.Option(True, help="batch concurrent requests (--no-batching: one by one)")):
     """Serve top-K retrieval over HTTP (FastAPI): /retrieve, /health, /metadata, /metrics,
     /admin/reload (and /inspector with --inspector)."""
     def go():
         from twotower.errors import ConfigError
         from twotower.serve.app import serve as run_server
+        from twotower.serve.batcher import BatchingConfig
 
         if (run_dir is None) == (channels is None):
             raise ConfigError("give a RUN_DIR or --channels CHANNELS.yaml (one of them)")
         service = None
         if channels is not None:
+            if workers > 1:
+                raise ConfigError("--workers replicates one run's service; --channels runs in one")
             from twotower.channels.service import open_service
 
             service = open_service(channels)
+        cfg = BatchingConfig(batching, max_batch, max_wait_ms)
+        if workers > 1:  # replicas sharing one memory-mapped index
+            from twotower.serve.workers import serve_workers
+
+            return serve_workers(run_dir, host, port, workers, max_k, api_key, cfg, inspector,
+                                 client_key=client_key, cors_origins=tuple(cors_origin), docs=docs)
         run_server(run_dir, host=host, port=port, api_key=api_key, max_k=max_k,
                    inspector=inspector, channels=service, client_key=client_key,
-                   cors_origins=tuple(cors_origin), docs=docs)
+                   cors_origins=tuple(cors_origin), docs=docs, batching=cfg)
 
     _run(go)
 

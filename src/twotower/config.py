@@ -233,7 +233,7 @@ class HardNegativesConfig(StrictModel):
 
 
 class ObjectiveConfig(StrictModel):
-    name: Literal["in_batch_softmax", "mixed_negatives", "pointwise_bce", "mobius",
+    name: Literal["in_batch_softmax", "mixed_negatives", "full_softmax", "pointwise_bce", "mobius",
                   "hard_negatives"] = "in_batch_softmax"
     temperature: float = Field(0.05, gt=0, description="logits = similarity / temperature (the "
                                "model returns similarities; serving records it in the contract)")

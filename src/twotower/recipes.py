@@ -57,8 +57,7 @@ class Recipe:
 
 class TaskRecipe(Recipe):
     def prepare(self, cfg: RunConfig, data: RunData, corpus: ItemCorpus, stream: bool) -> Prepared:
-        task = build_task(cfg.objective, corpus.features if cfg.objective.uniform_negatives else None,
-                          data.features.item_id, cfg.train.seed)
+        task = build_task(cfg.objective, corpus.features, data.features.item_id, cfg.train.seed)
         train = data.train_source(task.positives_only, stream)
         num = train.num_batches(cfg.train.batch_size) if isinstance(train, EncodedLog) else None
         return Prepared(task, train, num)

@@ -57,12 +57,20 @@ def hash_array(arr: pa.Array | pa.ChunkedArray, num_buckets: int, salt: int = 0,
     return out
 
 
+_NON_WORD = r"[^\p{L}\p{N}]+"  # anything but a Unicode letter or number separates words
+_ASCII_NON_WORD = r"[^a-z0-9]+"  # the same set on lower-cased ASCII text
+
+
 def word_tokens(text: pa.Array | pa.ChunkedArray) -> pa.ListArray:
     """Lower-cased alphanumeric words of each text (null -> empty list)."""
     if isinstance(text, pa.ChunkedArray):
         text = text.combine_chunks()
     text = pc.fill_null(text.cast(pa.string()), "")
-    cleaned = pc.replace_substring_regex(pc.utf8_lower(text), r"[^\p{L}\p{N}]+", " ")
+    # RE2 compiles the Unicode classes on every call (~7 ms: most of one served request's cost);
+    # on ASCII text the plain class below is the same set and compiles in ~0.1 ms.
+    pattern = _ASCII_NON_WORD if pc.all(pc.string_is_ascii(text)).as_py() is not False \
+        else _NON_WORD
+    cleaned = pc.replace_substring_regex(pc.utf8_lower(text), pattern, " ")
     words = pc.split_pattern(pc.utf8_trim_whitespace(cleaned), " ")
     # "".split(" ") gives [""]: drop empty tokens
     flat = pc.list_flatten(words)

@@ -157,6 +157,11 @@ class VectorIndex:
     def count(self) -> int:
         return int(self.index.ntotal)
 
+    @property
+    def is_milvus(self) -> bool:
+        """Vectors held by a Milvus collection (index/milvus.py) rather than a FAISS index."""
+        return self.manifest.get("backend") == "milvus"
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores [Q, K], labels [Q, K]); label -1 = no result (fewer than K items).
 
@@ -166,7 +171,8 @@ class VectorIndex:
         faster."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
         k = max(1, min(int(k), self.count))
-        if self.kind == "flat" and self.count and len(q) >= EXACT_SCAN_MIN_QUERIES:
+        if self.kind == "flat" and not self.is_milvus and self.count and \
+                len(q) >= EXACT_SCAN_MIN_QUERIES:
             return self._exact_search(q, k)
         return self.index.search(q, k)
 
@@ -198,6 +204,8 @@ class VectorIndex:
 
     def reconstruct_alive(self) -> tuple[np.ndarray, np.ndarray]:
         """(labels, stored vectors) of the items still in the index (lossy for quantised kinds)."""
+        if self.is_milvus:
+            return self.index.rows()
         faiss = _faiss()
         labels = faiss.vector_to_array(self.index.id_map).astype(np.int64)
         inner = self.index.index
@@ -210,6 +218,8 @@ class VectorIndex:
         return labels, vecs
 
     def nbytes(self) -> int:
+        if self.is_milvus:
+            raise ArtifactError("a Milvus collection's size is the server's to report")
         return int(_faiss().serialize_index(self.index).nbytes)
 
 
@@ -238,7 +248,56 @@ def build_index(vectors: np.ndarray, ids: pa.Array | np.ndarray | list, kind: st
     to ``recall.EXACT_MAX_ITEMS`` items, IVF above. ``check_recall``: measure recall@100 against
     exact search on ``recall_queries`` (default: a sample of the items) into ``manifest["recall"]``.
     """
-    from twotower.index.recall import default_kind, kind_reason, recall_report
+    from twotower.index.recall import recall_report
+
+    vectors, ids, kind, chosen, p = prepare_build(vectors, ids, kind, params, weights, weight_column)
+    n, dim = vectors.shape
+    x = fold_weights(vectors, weights, normalize)
+    t0 = time.perf_counter()
+    index = _new_faiss_index(kind, p, dim, x)
+    add_in_chunks(index, x, np.arange(n, dtype=np.int64), f"index build ({kind})")
+    manifest = build_manifest(kind, p, dim, normalize, weight_column, n, contract,
+                              time.perf_counter() - t0, chosen)
+    vi = VectorIndex(index, ids, manifest)
+    if check_recall:
+        manifest["recall"] = recall_report(vi.search, x, recall_queries)
+    return vi
+
+
+def build_milvus_index(vectors: np.ndarray, ids, kind: str, params: dict | None, weights,
+                       normalize: bool, contract: dict | None, weight_column: str | None, uri: str,
+                       alias: str, check_recall: bool = True,
+                       recall_queries: np.ndarray | None = None) -> VectorIndex:
+    """``build_index``'s twin on Milvus (index/milvus.py, ``uri``: a milvus-lite file or a server):
+    same checks, the same folded vectors, a new collection under ``alias``'s prefix, the same
+    recall@100 against exact search in the manifest."""
+    from twotower.index.milvus import MilvusStore, check_kind
+    from twotower.index.recall import recall_report
+
+    if kind != "auto":
+        check_kind(kind, uri)  # refused before any work
+    vectors, ids, kind, chosen, p = prepare_build(vectors, ids, kind, params, weights, weight_column)
+    engine_kind = check_kind(kind, uri)
+    x = fold_weights(vectors, weights, normalize)
+    t0 = time.perf_counter()
+    store = MilvusStore.create(uri, alias, kind, p, x.shape[1])
+    store.add_with_ids(x, np.arange(len(x), dtype=np.int64))
+    store.client.load_collection(store.collection)
+    manifest = build_manifest(kind, p, x.shape[1], normalize, weight_column, len(x), contract,
+                              time.perf_counter() - t0, chosen)
+    manifest.update(backend="milvus", uri=uri, collection=store.collection, alias=alias,
+                    factory=f"milvus:{engine_kind}")
+    vi = VectorIndex(store, ids, manifest)
+    if check_recall:
+        manifest["recall"] = recall_report(vi.search, x, recall_queries)
+    return vi
+
+
+def prepare_build(vectors, ids, kind: str, params: dict | None, weights: np.ndarray | None,
+                  weight_column: str | None) -> tuple[np.ndarray, pa.Array, str, str, dict]:
+    """Checked ``vectors`` [N, D], ids as one Arrow array, the kind (``auto`` resolved), why it
+    was chosen, and its resolved parameters; business ``weights`` checked."""
+    from twotower.index.recall import default_kind, kind_reason
 
     vectors = np.asarray(vectors)
     if vectors.ndim != 2 or len(vectors) == 0:
@@ -256,12 +315,14 @@ def build_index(vectors: np.ndarray, ids: pa.Array | np.ndarray | list, kind: st
     p = resolve_params(kind, n, dim, params)
     if weights is not None:
         check_business_weights(weights, ids, weight_column)
-    x = fold_weights(vectors, weights, normalize)
-    t0 = time.perf_counter()
-    index = _new_faiss_index(kind, p, dim, x)
-    add_in_chunks(index, x, np.arange(n, dtype=np.int64), f"index build ({kind})")
+    return vectors, ids, kind, chosen, p
+
+
+def build_manifest(kind: str, p: dict, dim: int, normalize: bool, weight_column: str | None,
+                   n: int, contract: dict | None, seconds: float, chosen: str) -> dict:
+    """A new index's manifest (either engine; ``save_index`` adds version, count and checksums)."""
     contract = contract or {}
-    manifest = {
+    return {
         "format_version": INDEX_FORMAT_VERSION,
         "kind": kind,
         "params": p,
@@ -275,14 +336,10 @@ def build_index(vectors: np.ndarray, ids: pa.Array | np.ndarray | list, kind: st
         "model_sha256": contract.get("weights_sha256"),
         "contract": contract_fingerprint(contract),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "build_seconds": time.perf_counter() - t0,
+        "build_seconds": seconds,
         "parent": None,
         "kind_chosen": chosen,
     }
-    vi = VectorIndex(index, ids, manifest)
-    if check_recall:
-        manifest["recall"] = recall_report(vi.search, x, recall_queries)
-    return vi
 
 
 # ---------------------------------------------------------------- versions on disk
@@ -300,14 +357,16 @@ def save_index(vi: VectorIndex, run_dir: str | Path) -> str:
     manifest = dict(vi.manifest, count=vi.count, version=version)
 
     def write(tmp: Path) -> None:
-        faiss.write_index(vi.index, str(tmp / "index.faiss"))
+        if not vi.is_milvus:  # a Milvus version's vectors live in its collection
+            faiss.write_index(vi.index, str(tmp / "index.faiss"))
         pq.write_table(pa.table({"id": vi.ids}), tmp / "ids.parquet")
-        manifest["files"] = {"index.faiss": sha256_file(tmp / "index.faiss"),
-                             "ids.parquet": sha256_file(tmp / "ids.parquet")}
+        manifest["files"] = {f: sha256_file(tmp / f) for f in engine_files(manifest)}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
 
     atomic_write_dir(root / version, write)
     atomic_write_text(root / "CURRENT", version + "\n")
+    if vi.is_milvus:  # Milvus clients of the alias swap with CURRENT
+        vi.index.point_alias(manifest["alias"])
     vi.manifest, vi.version, vi.path = manifest, version, root / version
     return version
 
@@ -323,9 +382,33 @@ def current_version(run_dir: str | Path) -> str:
     return check_version_name(name, str(cur))
 
 
+def _read_faiss(path: Path, manifest: dict, mmap: bool):
+    """Read an index file, mapped read-only when asked: IVF kinds map their inverted lists
+    (``IO_FLAG_MMAP``), flat and HNSW their flat code storage (``IO_FLAG_MMAP_IFC``)."""
+    faiss = _faiss()
+    if mmap:
+        ivf = bool(manifest.get("params", {}).get("nlist"))
+        flag = faiss.IO_FLAG_MMAP if ivf else getattr(faiss, "IO_FLAG_MMAP_IFC", 0)
+        if flag:
+            try:
+                return faiss.read_index(str(path), flag)
+            except RuntimeError:  # a kind / FAISS build that cannot map: read a private copy
+                pass
+    return faiss.read_index(str(path))
+
+
+def engine_files(manifest: dict) -> tuple[str, ...]:
+    """The files a version folder holds (a Milvus version: its ids only)."""
+    return ("ids.parquet",) if manifest.get("backend") == "milvus" else ("index.faiss", "ids.parquet")
+
+
 def load_index(run_dir: str | Path, version: str | None = None,
-               contract: dict | None = None) -> VectorIndex:
+               contract: dict | None = None, mmap: bool = False) -> VectorIndex:
     """Load (and verify) a version of the run's index; the CURRENT one by default.
+
+    ``mmap``: map the index file read-only instead of copying it (FAISS ``IO_FLAG_MMAP``), so
+    several serving processes share one copy in the page cache; such an index must not be
+    modified in place (``add_items`` / ``remove_items`` work on a copy anyway).
 
     Raises ArtifactError when a file is missing, a checksum or the format version differs, or
     the run's contract (``contract``, default: the run's contract.json) does not match.
@@ -345,8 +428,9 @@ def load_index(run_dir: str | Path, version: str | None = None,
         if sha256_file(f) != digest:
             raise ArtifactError(f"{f}: checksum mismatch — the index file is corrupt or was "
                                 "modified; rebuild it with `twotower index`")
-    if set(manifest.get("files") or {}) != {"index.faiss", "ids.parquet"}:
-        raise ArtifactError(f"{mpath}: manifest lists no checksums for index.faiss / ids.parquet")
+    if set(manifest.get("files") or {}) != set(engine_files(manifest)):
+        raise ArtifactError(f"{mpath}: manifest lists no checksums for "
+                            f"{' / '.join(engine_files(manifest))}")
     if contract is None:
         contract = read_json_artifact(RunDir(run_dir).contract, "similarity contract")
     want = contract_fingerprint(contract)
@@ -357,16 +441,24 @@ def load_index(run_dir: str | Path, version: str | None = None,
                             f"({'; '.join(f'{k}: index {a!r} vs run {b!r}' for k, (a, b) in diff.items())})"
                             "; rebuild it with `twotower index`")
     try:
-        index = faiss.read_index(str(folder / "index.faiss"))
+        if manifest.get("backend") == "milvus":
+            from twotower.index.milvus import open_milvus_version
+
+            index = open_milvus_version(manifest)
+        else:
+            index = _read_faiss(folder / "index.faiss", manifest, mmap)
         ids = pq.read_table(folder / "ids.parquet").column("id").combine_chunks()
+    except ArtifactError:
+        raise
     except Exception as err:  # noqa: BLE001 — FAISS raises RuntimeError on a bad file
         raise ArtifactError(f"{folder}: cannot read index ({err})") from None
     if index.d != manifest["dim"] or index.ntotal != manifest["count"]:
         raise ArtifactError(f"{folder}: index holds {index.ntotal} x {index.d} vectors, manifest "
                             f"says {manifest['count']} x {manifest['dim']}")
-    check_faiss_structure(index, manifest, mpath)
+    if manifest.get("backend") != "milvus":
+        check_faiss_structure(index, manifest, mpath)
+        apply_search_params(index, manifest["kind"], manifest["params"])
     _check_labels(index, ids, manifest, folder)
-    apply_search_params(index, manifest["kind"], manifest["params"])
     return VectorIndex(index, ids, manifest, version, folder)
 
 
@@ -375,6 +467,8 @@ def _check_labels(index, ids: pa.Array, manifest: dict, folder: Path) -> None:
     if len(ids) != manifest["next_label"]:
         raise ArtifactError(f"{folder}: ids.parquet holds {len(ids)} ids, the manifest's next_label "
                             f"is {manifest['next_label']}; rebuild the index with `twotower index`")
+    if manifest.get("backend") == "milvus":  # labels are the collection's primary keys
+        return
     labels = _faiss().vector_to_array(index.id_map) if hasattr(index, "id_map") else None
     if labels is None or (len(labels) and (labels.min() < 0 or labels.max() >= len(ids))):
         raise ArtifactError(f"{folder}: index.faiss labels do not match ids.parquet; rebuild the "
@@ -418,9 +512,9 @@ def remove_items(vi: VectorIndex, ids: pa.Array | list) -> VectorIndex:
     if (labels < 0).any():
         missing = [r for r, lab in zip(raw, labels) if lab < 0][:5]
         raise DataError(f"ids not in the index: {missing}")
-    new = _copy(vi)
+    new = _copy(vi, drop=labels)
     try:
-        removed = new.index.remove_ids(faiss.IDSelectorBatch(labels))
+        removed = len(labels) if vi.is_milvus else new.index.remove_ids(faiss.IDSelectorBatch(labels))
     except RuntimeError:  # HNSW cannot remove: rebuild from the stored vectors
         alive, vecs = vi.reconstruct_alive()
         keep = ~np.isin(alive, labels)
@@ -447,7 +541,15 @@ def _measure_again(vi: VectorIndex) -> None:
         vi.manifest["recall"] = stored_recall(vi)
 
 
-def _copy(vi: VectorIndex) -> VectorIndex:
+def _copy(vi: VectorIndex, drop: np.ndarray | None = None) -> VectorIndex:
+    """A modifiable copy of ``vi`` (Milvus: a new collection without the labels ``drop``)."""
+    if vi.is_milvus:  # versions stay immutable
+        from twotower.index.milvus import copy_store
+
+        new = VectorIndex(copy_store(vi.index, vi.manifest["alias"], drop), vi.ids,
+                          json.loads(json.dumps(vi.manifest)), vi.version, vi.path)
+        new.manifest["collection"] = new.index.collection
+        return new
     faiss = _faiss()
     index = faiss.deserialize_index(faiss.serialize_index(vi.index))
     apply_search_params(index, vi.kind, vi.manifest["params"])

@@ -41,13 +41,21 @@ def _tempered(contract: dict, weights: np.ndarray) -> np.ndarray:
 
 
 def build_run_index(run_dir: str | Path, kind: str = "auto", params: dict | None = None,
-                    weight_column: str | None = None) -> VectorIndex:
+                    weight_column: str | None = None, backend: str = "faiss",
+                    uri: str | None = None) -> VectorIndex:
     """Index the run's exported item vectors and save it as a new CURRENT version, with the
     contract's business weight (or ``weight_column``) folded in.
 
     ``kind="auto"`` picks exact search for small corpora and IVF for large ones
     (``index.recall``); the recall@100 against exact search on the run's exported query vectors
-    (or a sample of items) is measured and kept in the manifest."""
+    (or a sample of items) is measured and kept in the manifest.
+
+    ``backend="milvus"``: the vectors go to a Milvus collection at ``uri`` (default: milvus-lite
+    in ``RUN/index/milvus.db``; a server: ``http://host:19530``), see index/milvus.py."""
+    if backend not in ("faiss", "milvus"):
+        raise ConfigError(f"index backend {backend!r} is not one of faiss, milvus")
+    if uri and backend != "milvus":
+        raise ConfigError("--uri is for the milvus backend")
     run = RunDir(run_dir)
     contract = read_contract(run_dir)
     path = run.embeddings / "items.parquet"
@@ -64,9 +72,17 @@ def build_run_index(run_dir: str | Path, kind: str = "auto", params: dict | None
         weights = _tempered(contract, lookup_weights(
             src.read([c for c in (id_col, col) if c in src.columns]), id_col, col, ids, str(src.path)))
     contract = dict(contract, brw_weight=contract.get("brw_weight"))
-    vi = build_index(vecs, ids, kind, params, weights, normalize=bool(contract.get("normalized")),
-                     contract=contract, weight_column=col,
-                     recall_queries=_exported_queries(run))
+    normalize = bool(contract.get("normalized"))
+    if backend == "milvus":
+        from twotower.index.ann import build_milvus_index
+        from twotower.index.milvus import alias_for
+
+        uri = uri or str(Path(run_dir).resolve() / "index" / "milvus.db")
+        vi = build_milvus_index(vecs, ids, kind, params, weights, normalize, contract, col, uri,
+                                alias_for(run_dir), recall_queries=_exported_queries(run))
+    else:
+        vi = build_index(vecs, ids, kind, params, weights, normalize=normalize, contract=contract,
+                         weight_column=col, recall_queries=_exported_queries(run))
     save_index(vi, run_dir)
     return vi
 

@@ -100,6 +100,29 @@ def mixed_negative_softmax(
     return softmax_cross_entropy(logits, diagonal, weight)
 
 
+def full_softmax(
+    pos_logits: torch.Tensor,
+    corpus_logits: torch.Tensor,
+    pos_ids: torch.Tensor,
+    corpus_ids: torch.Tensor,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Exact softmax over the whole corpus: every item is a candidate of every row.
+
+    pos_logits[B] row i's score with its positive; corpus_logits[B, N] its scores with every
+    corpus item; pos_ids[B], corpus_ids[N] the encoded item ids. The positive is column 0 and its
+    own corpus column is masked, so a positive that is missing from the corpus still trains and
+    one that is present is counted once: the loss is ``-log softmax`` of the positive over
+    {positive} + corpus. No candidate is sampled, so no log-Q correction applies. The weighted
+    mean over rows, a scalar.
+    """
+    corpus_logits = corpus_logits.to(_at_least_float32(pos_logits).dtype)
+    own = pos_ids[:, None] == corpus_ids[None, :]  # [B, N]
+    corpus_logits = corpus_logits.masked_fill(own, torch.finfo(corpus_logits.dtype).min)
+    logits = torch.cat([pos_logits[:, None].to(corpus_logits.dtype), corpus_logits], dim=1)
+    return softmax_cross_entropy(logits, torch.zeros_like(pos_ids), weight)
+
+
 def binary_cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None
 ) -> torch.Tensor:

@@ -34,7 +34,8 @@ from twotower.errors import ConfigError
 from twotower.objectives.auxiliary import auxiliary_loss_for
 from twotower.objectives.frequency import FrequencyEstimator
 from twotower.objectives.fused import fused_in_batch_softmax
-from twotower.objectives.losses import binary_cross_entropy, in_batch_softmax, mixed_negative_softmax
+from twotower.objectives.losses import (binary_cross_entropy, full_softmax, in_batch_softmax,
+                                        mixed_negative_softmax)
 from twotower.objectives.negatives import UniformSampler, draws, in_batch_candidates
 from twotower.types import Batch, Features
 
@@ -57,8 +58,8 @@ def register_task(name: str) -> Callable:
 class RetrievalTask(nn.Module):
     """Base of the tasks: temperature, auxiliary losses and the encode step.
 
-    ``corpus`` holds the encoded item features of the whole corpus (one row per item); only
-    mixed negatives use it, drawing items uniformly from it.
+    ``corpus`` holds the encoded item features of the whole corpus (one row per item): mixed
+    negatives draw items uniformly from it, the full softmax scores all of it.
     """
 
     #: softmax tasks learn from clicked rows only; a pointwise task needs unclicks too
@@ -70,10 +71,19 @@ class RetrievalTask(nn.Module):
         self.cfg = cfg
         self.item_id = item_id
         self.temperature = cfg.temperature
+        self.corpus = corpus
+        self._corpus_device: tuple[torch.device, Features] | None = None
         if cfg.in_batch_block is not None and cfg.name != "in_batch_softmax":
             raise ConfigError(f"objective.in_batch_block applies to in_batch_softmax, not {cfg.name}: "
                               "set objective.in_batch_block: null (the MovieLens fast preset sets "
                               "1024)")
+
+    def _corpus_on(self, device: torch.device) -> Features:
+        """The corpus features as tensors on ``device`` (converted once, then cached)."""
+        if self._corpus_device is None or self._corpus_device[0] != device:
+            self._corpus_device = (device, {k: torch.as_tensor(v).to(device)
+                                            for k, v in self.corpus.items()})
+        return self._corpus_device[1]
 
     def scale(self, model: nn.Module, scores: torch.Tensor) -> torch.Tensor:
         """Similarities -> logits: divided by the temperature (unless they already are logits)."""
@@ -148,17 +158,9 @@ class MixedNegativesTask(_SampledSoftmax):
             raise ConfigError("objective.uniform_negatives must be > 0 for mixed_negatives")
         if corpus is None:
             raise ConfigError("mixed_negatives needs the item corpus (data.items or train items)")
-        self.corpus = corpus
         n = len(next(iter(corpus.values())))
         # sampler index j in [1, n] is corpus row j - 1 (index 0 is never drawn)
         self.sampler = UniformSampler(n + 1, cfg.uniform_negatives, seed)
-        self._corpus_device: tuple[torch.device, Features] | None = None
-
-    def _corpus_on(self, device: torch.device) -> Features:
-        if self._corpus_device is None or self._corpus_device[0] != device:
-            self._corpus_device = (device, {k: torch.as_tensor(v).to(device)
-                                            for k, v in self.corpus.items()})
-        return self._corpus_device[1]
 
     def objective_loss(self, model, batch, step, q, i):
         ids, log_q = self.candidates(batch, step)
@@ -180,6 +182,36 @@ class MixedNegativesTask(_SampledSoftmax):
     def set_extra_state(self, state: dict) -> None:
         if state.get("sampler") is not None:
             self.sampler.load_state_dict(state["sampler"])
+
+
+@register_task("full_softmax")
+class FullSoftmaxTask(RetrievalTask):
+    """Exact softmax over every corpus item at every step (``losses.full_softmax``).
+
+    For catalogues small enough to encode whole each step (MovieLens, a few tens of thousands of
+    items): the negatives are the corpus itself, so there is no sampling bias to correct and
+    nothing to tune. The item tower runs on all ``N`` corpus items per batch and the logits are
+    ``[B, N]``, so cost grows with ``N``; above ``MAX_ITEMS`` use ``mixed_negatives``.
+    """
+
+    MAX_ITEMS = 200_000
+
+    def __init__(self, cfg: ObjectiveConfig, corpus: Features | None = None,
+                 item_id: str = "item_id", seed: int = 0):
+        super().__init__(cfg, corpus, item_id, seed)
+        if corpus is None:
+            raise ConfigError("full_softmax needs the item corpus (data.items or train items)")
+        n = len(next(iter(corpus.values())))
+        if n > self.MAX_ITEMS:
+            raise ConfigError(f"objective full_softmax encodes the whole corpus every step; this one "
+                              f"has {n:,} items (> {self.MAX_ITEMS:,}): use mixed_negatives")
+
+    def objective_loss(self, model, batch, step, q, i):
+        corpus = self._corpus_on(q.device)
+        items = model.encode_item(corpus)  # [N, V, D], with gradients: every item is trained
+        return full_softmax(self.scale(model, model.pair_logits(q, i)),
+                            self.scale(model, model.logits(q, items)), batch.item_ids,
+                            corpus[self.item_id], batch.weight), {}
 
 
 @register_task("pointwise_bce")

@@ -9,6 +9,7 @@ Validation is strict and 422s name the field; k is capped; unknown ids go to OOV
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Optional, Union
 
@@ -16,6 +17,7 @@ from fastapi import Depends, FastAPI, HTTPException
 from pydantic import BaseModel, Field, StrictInt, StrictStr, WithJsonSchema
 
 from twotower.errors import ArtifactError, DataError
+from twotower.serve.batcher import BatchingConfig, attach_batching
 from twotower.serve.inspector import install_inspector
 from twotower.serve.metrics import configure_access_log, install_metrics
 from twotower.serve.retriever import INT64_MAX, INT64_MIN, RequestFieldError, Retriever
@@ -52,10 +54,12 @@ class ReloadRequest(BaseModel):
 def create_app(run_dir: str | Path | None = None, retriever: Retriever | None = None,
                max_k: int = 1000, max_batch: int = 1024, max_body_bytes: int = 1 << 20,
                api_key: str | None = None, security: SecurityConfig | None = None,
-               docs: bool = True, inspector: bool = False, channels: Any = None) -> FastAPI:
+               docs: bool = True, inspector: bool = False, channels: Any = None,
+               batching: BatchingConfig | None = None) -> FastAPI:
     """The app over ``retriever`` (or a new one of ``run_dir``). ``security`` carries the keys,
     CORS origins and body limit (default: from ``api_key`` / ``max_body_bytes``, no client key,
-    no CORS); ``docs``: Swagger UI at /docs from local files; ``inspector``: the /inspector page.
+    no CORS); ``docs``: Swagger UI at /docs from local files; ``inspector``: the /inspector page;
+    ``batching``: how concurrent /retrieve calls share one forward and search (serve/batcher.py).
     ``channels``: a ``twotower.channels.ChannelService`` served in place of one run's
     ``Retriever`` (same interface; each result gains a per-item ``channels`` breakdown)."""
     retriever = channels or retriever or Retriever(run_dir)
@@ -65,6 +69,7 @@ def create_app(run_dir: str | Path | None = None, retriever: Retriever | None = 
     roots = _run_roots(retriever)
     install_error_handlers(app, roots=roots)
     install_middleware(app, security)
+    answer = attach_batching(app, retriever, batching)  # serve/batcher.py: concurrent calls batched
     if docs:
         from twotower.serve.docs import mount_offline_docs
 
@@ -75,7 +80,7 @@ def create_app(run_dir: str | Path | None = None, retriever: Retriever | None = 
         return HTTPException(422, [{"loc": loc, "msg": msg, "type": "value_error"}])
 
     @app.post("/retrieve", response_model=RetrieveResponse, dependencies=[client])
-    def retrieve(req: RetrieveRequest) -> dict:
+    async def retrieve(req: RetrieveRequest):
         if req.k > max_k:
             raise _error(["body", "k"], f"k must be at most {max_k}")
         if len(req.queries) > max_batch:
@@ -89,7 +94,7 @@ def create_app(run_dir: str | Path | None = None, retriever: Retriever | None = 
                 raise _error(["body", "queries", i, bad[0]],
                              f"unknown field; query fields are {', '.join(sorted(cols))}")
         try:
-            return retriever.retrieve(req.queries, req.k, req.exclude)
+            return await answer(req.queries, req.k, req.exclude)
         except RequestFieldError as err:
             raise _error(["body", "queries", err.row, err.field], str(err)) from None
         except DataError as err:
@@ -97,7 +102,8 @@ def create_app(run_dir: str | Path | None = None, retriever: Retriever | None = 
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "index_version": retriever.version, "count": retriever.index.count}
+        return {"status": "ok", "index_version": retriever.version, "count": retriever.index.count,
+                "worker": os.getpid()}  # which replica answered (serve --workers N)
 
     @app.get("/metadata", dependencies=[client])
     def metadata() -> dict:
@@ -129,7 +135,8 @@ def _run_roots(retriever: Any) -> list[Path]:
 def serve(run_dir: str | Path | None, host: str = "127.0.0.1", port: int = 8000,
           api_key: str | None = None, max_k: int = 1000, inspector: bool = False,
           channels: Any = None, client_key: str | None = None,
-          cors_origins: tuple[str, ...] = (), docs: bool = True) -> None:
+          cors_origins: tuple[str, ...] = (), docs: bool = True,
+          batching: BatchingConfig | None = None) -> None:
     """``channels``: an opened ``ChannelService`` to serve instead of ``run_dir``'s retriever
     (the CLI opens it: serve never imports the channels stage, which sits above it)."""
     import uvicorn
@@ -137,6 +144,6 @@ def serve(run_dir: str | Path | None, host: str = "127.0.0.1", port: int = 8000,
     security = SecurityConfig(api_key=api_key, client_key=client_key,
                               cors_origins=tuple(cors_origins))
     app = create_app(run_dir, max_k=max_k, security=security, docs=docs, inspector=inspector,
-                     channels=channels)
+                     channels=channels, batching=batching)
     configure_access_log()  # once the app is up: a run that fails to open installs nothing
     uvicorn.run(app, host=host, port=port, log_level="warning")

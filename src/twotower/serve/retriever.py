@@ -121,13 +121,14 @@ class Loaded:
 
 class Retriever:
     def __init__(self, run_dir: str | Path, version: str | None = None, batch_size: int = 1024,
-                 threads: int | None = None):
+                 threads: int | None = None, mmap: bool = False):
         trained = load_run(run_dir)
         self.run = trained.dir
         self.contract = trained.contract
         self.features = trained.features
         self.model = trained.model
         self.batch_size = batch_size
+        self.mmap = mmap  # map index files read-only (shared page cache across worker processes)
         self.query_features = self.features.query_features
         self.query_columns = self.features.columns(Side.QUERY)
         self._swap_lock = threading.Lock()
@@ -137,7 +138,7 @@ class Retriever:
 
     # ---- index versions
     def _load(self, version: str | None) -> Loaded:
-        vi = load_index(self.run.root, version, contract=self.contract)
+        vi = load_index(self.run.root, version, contract=self.contract, mmap=self.mmap)
         return Loaded(vi, vi.version or "")
 
     @property
