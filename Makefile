@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # the extras `make` installs; requirements.lock pins every package they pull in
-EXTRAS := index,serve,milvus,bench,dev,channels,teacher
+EXTRAS := index,serve,milvus,bench,dev,channels,teacher,tracing
 LOCK := requirements.lock
 
 .PHONY: install demo test bench lock clean

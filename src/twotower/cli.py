@@ -251,7 +251,9 @@ def serve(run_dir: Optional[Path] = typer.Argument(None, help="run folder (or --
           max_batch: int = typer.Option(256, min=1, help="query rows batched into one search"),
           max_wait_ms: float = typer.Option(2.0, min=0, max=1000,
                                             help="longest a request waits to be batched (under load)"),
-          batching: bool = typer.Option(True, help="batch concurrent requests (--no-batching: one by one)")):
+          batching: bool = typer.Option(True, help="batch concurrent requests (--no-batching: one by one)"),
+          trace: bool = typer.Option(False, help="OpenTelemetry spans of /retrieve (needs the "
+                                     "tracing extra; OTLP when its exporter is installed)")):
     """Serve top-K retrieval over HTTP (FastAPI): /retrieve, /health, /metadata, /metrics,
     /admin/reload (and /inspector with --inspector)."""
     def go():
@@ -269,6 +271,12 @@ def serve(run_dir: Optional[Path] = typer.Argument(None, help="run folder (or --
 
             service = open_service(channels)
         cfg = BatchingConfig(batching, max_batch, max_wait_ms)
+        if trace:
+            if workers > 1:
+                raise ConfigError("--trace: one process (--workers 1); replicas are not traced yet")
+            from twotower.serve.tracing import configure_tracing
+
+            typer.secho(f"tracing /retrieve to {configure_tracing()}", err=True)
         if workers > 1:  # replicas sharing one memory-mapped index
             from twotower.serve.workers import serve_workers
 

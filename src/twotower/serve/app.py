@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Optional, Union
 
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field, StrictInt, StrictStr, WithJsonSchema
 
 from twotower.errors import ArtifactError, DataError
@@ -23,6 +23,7 @@ from twotower.serve.metrics import configure_access_log, install_metrics
 from twotower.serve.retriever import INT64_MAX, INT64_MIN, RequestFieldError, Retriever
 from twotower.serve.security import (SecurityConfig, admin_guard, client_guard,
                                      install_error_handlers, install_middleware, public_message)
+from twotower.serve.tracing import Tracing, set_attributes
 
 Int64 = Annotated[StrictInt, Field(ge=INT64_MIN, le=INT64_MAX)]
 # checked against each field's feature kind by the Retriever (one clear message per field)
@@ -55,21 +56,26 @@ def create_app(run_dir: str | Path | None = None, retriever: Retriever | None = 
                max_k: int = 1000, max_batch: int = 1024, max_body_bytes: int = 1 << 20,
                api_key: str | None = None, security: SecurityConfig | None = None,
                docs: bool = True, inspector: bool = False, channels: Any = None,
-               batching: BatchingConfig | None = None) -> FastAPI:
+               batching: BatchingConfig | None = None, tracer_provider: Any = None) -> FastAPI:
     """The app over ``retriever`` (or a new one of ``run_dir``). ``security`` carries the keys,
     CORS origins and body limit (default: from ``api_key`` / ``max_body_bytes``, no client key,
     no CORS); ``docs``: Swagger UI at /docs from local files; ``inspector``: the /inspector page;
     ``batching``: how concurrent /retrieve calls share one forward and search (serve/batcher.py).
     ``channels``: a ``twotower.channels.ChannelService`` served in place of one run's
-    ``Retriever`` (same interface; each result gains a per-item ``channels`` breakdown)."""
+    ``Retriever`` (same interface; each result gains a per-item ``channels`` breakdown).
+    ``tracer_provider``: where the OpenTelemetry spans of /retrieve go (serve/tracing.py; default
+    the global provider, a no-op unless one is set)."""
     retriever = channels or retriever or Retriever(run_dir)
+    tracing = Tracing(tracer_provider)
+    if isinstance(retriever, Retriever):
+        retriever.tracing = tracing
     security = security or SecurityConfig(api_key=api_key, max_body_bytes=max_body_bytes)
     app = FastAPI(title="twotower retrieval", version="1", docs_url=None, redoc_url=None)
     app.state.retriever = retriever
     roots = _run_roots(retriever)
     install_error_handlers(app, roots=roots)
     install_middleware(app, security)
-    answer = attach_batching(app, retriever, batching)  # serve/batcher.py: concurrent calls batched
+    answer = attach_batching(app, retriever, batching, tracing)  # serve/batcher.py: concurrent calls batched
     if docs:
         from twotower.serve.docs import mount_offline_docs
 
@@ -80,7 +86,7 @@ def create_app(run_dir: str | Path | None = None, retriever: Retriever | None = 
         return HTTPException(422, [{"loc": loc, "msg": msg, "type": "value_error"}])
 
     @app.post("/retrieve", response_model=RetrieveResponse, dependencies=[client])
-    async def retrieve(req: RetrieveRequest):
+    async def retrieve(req: RetrieveRequest, request: Request):
         if req.k > max_k:
             raise _error(["body", "k"], f"k must be at most {max_k}")
         if len(req.queries) > max_batch:
@@ -94,7 +100,15 @@ def create_app(run_dir: str | Path | None = None, retriever: Retriever | None = 
                 raise _error(["body", "queries", i, bad[0]],
                              f"unknown field; query fields are {', '.join(sorted(cols))}")
         try:
-            return await answer(req.queries, req.k, req.exclude)
+            with tracing.span("POST /retrieve", {
+                    "http.request.method": "POST", "http.route": "/retrieve", "twotower.k": req.k,
+                    "twotower.queries": len(req.queries),
+                    "twotower.request_id": getattr(request.state, "request_id", None)},
+                    server=True) as span:
+                response = await answer(req.queries, req.k, req.exclude)
+                set_attributes(span, {"twotower.index_version": retriever.version,
+                                      "http.response.status_code": response.status_code})
+                return response
         except RequestFieldError as err:
             raise _error(["body", "queries", err.row, err.field], str(err)) from None
         except DataError as err:

@@ -28,6 +28,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 from twotower.errors import DataError
 from twotower.serve.retriever import Retriever
+from twotower.serve.tracing import Tracing
 
 
 @dataclass
@@ -36,6 +37,7 @@ class _Call:
     k: int
     exclude: list[list] | None
     future: Future = field(default_factory=Future)
+    link: Any = None  # the calling request's span context: the batch's span links to it
 
 
 @dataclass
@@ -56,12 +58,14 @@ class BatchStats:
 class MicroBatcher:
     """Answers ``submit(queries, k, exclude)`` futures by batching concurrent calls (see module)."""
 
-    def __init__(self, retriever: Retriever, max_batch: int = 256, max_wait_ms: float = 2.0):
+    def __init__(self, retriever: Retriever, max_batch: int = 256, max_wait_ms: float = 2.0,
+                 tracing: Tracing | None = None):
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         if not 0 <= max_wait_ms <= 1000:
             raise ValueError("max_wait_ms must be within [0, 1000]")
         self.retriever = retriever
+        self.tracing = tracing or Tracing()
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.stats = BatchStats()
@@ -73,7 +77,7 @@ class MicroBatcher:
 
     # ---- client side
     def submit(self, queries: Sequence[dict], k: int, exclude: list[list] | None = None) -> Future:
-        call = _Call(list(queries), int(k), exclude)
+        call = _Call(list(queries), int(k), exclude, link=self.tracing.current())
         with self._cond:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
@@ -124,6 +128,12 @@ class MicroBatcher:
             self._run(calls)
 
     def _run(self, calls: list[_Call]) -> None:
+        rows = sum(len(c.queries) for c in calls)
+        with self.tracing.span("retrieve.batch", {"twotower.calls": len(calls), "twotower.rows": rows},
+                               links=[c.link for c in calls]):
+            self._answer(calls)
+
+    def _answer(self, calls: list[_Call]) -> None:
         s = self.stats
         s.calls += len(calls)
         s.batches += 1
@@ -191,7 +201,8 @@ def _json_bytes(body: dict) -> bytes:
     return orjson.dumps(body)
 
 
-def attach_batching(app, retriever: Retriever, cfg: BatchingConfig | None
+def attach_batching(app, retriever: Retriever, cfg: BatchingConfig | None,
+                    tracing: Tracing | None = None
                     ) -> Callable[[Sequence[dict], int, list | None], Awaitable[Any]]:
     """The ``/retrieve`` answer function of ``app``: batched (default) or one call per thread.
 
@@ -203,7 +214,7 @@ def attach_batching(app, retriever: Retriever, cfg: BatchingConfig | None
     cfg = cfg or BatchingConfig()
     # a channel service (several runs merged, extra fields per result) answers call by call
     batched = cfg.enabled and isinstance(retriever, Retriever)
-    batcher = MicroBatcher(retriever, cfg.max_batch, cfg.max_wait_ms) if batched else None
+    batcher = MicroBatcher(retriever, cfg.max_batch, cfg.max_wait_ms, tracing) if batched else None
     app.state.batcher = batcher
     if batcher is not None and isinstance(getattr(app.router, "on_shutdown", None), list):
         app.router.on_shutdown.append(batcher.close)  # the thread is a daemon either way

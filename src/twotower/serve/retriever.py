@@ -27,6 +27,7 @@ from twotower.errors import DataError
 from twotower.features.dataset import as_tensors
 from twotower.index.ann import VectorIndex, load_index
 from twotower.runs import load_run
+from twotower.serve.tracing import Tracing
 from twotower.types import FeatureKind, Side
 
 
@@ -131,6 +132,7 @@ class Retriever:
         self.mmap = mmap  # map index files read-only (shared page cache across worker processes)
         self.query_features = self.features.query_features
         self.query_columns = self.features.columns(Side.QUERY)
+        self.tracing = Tracing()  # create_app hands it the app's (spans: encode, search)
         self._swap_lock = threading.Lock()
         self._live = self._load(version)
         if threads:
@@ -261,14 +263,19 @@ class Retriever:
         for start in range(0, n, self.batch_size):
             part = requests.slice(start, self.batch_size) if isinstance(requests, pa.Table) \
                 else requests[start:start + self.batch_size]
+            rows = part.num_rows if isinstance(part, pa.Table) else len(part)
             try:
-                q = self.encode(part)
+                with self.tracing.span("encode", {"twotower.rows": rows}):
+                    q = self.encode(part)
             except RequestFieldError as err:  # the row within this batch -> within the request
                 raise RequestFieldError(err.field, err.row + start,
                                         str(err).replace(f"of query {err.row}:",
                                                          f"of query {err.row + start}:")) from None
             ex = exclude[start:start + self.batch_size] if exclude is not None else None
-            s, lab, _ = self.search_vectors(q, k, ex, live)
+            with self.tracing.span("search", {"twotower.rows": rows, "twotower.k": k,
+                                              "twotower.index_kind": live.index.manifest.get("kind"),
+                                              "twotower.index_version": live.version}):
+                s, lab, _ = self.search_vectors(q, k, ex, live)
             ids = live.index.raw_ids(np.where(lab < 0, 0, lab))
             ok = (lab >= 0).reshape(-1)
             w = lab.shape[1]
