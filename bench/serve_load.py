@@ -22,23 +22,18 @@ import argparse
 import json
 import os
 import secrets
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
+from loopback import free_port, loopback_server  # noqa: F401  (bench/channels.py imports free_port from here)
+
 HERE = Path(__file__).resolve().parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_run(tmp: Path, n_items: int) -> tuple[Path, list[dict]]:
@@ -175,29 +170,13 @@ BEFORE = ("import os, sys, uvicorn; from twotower.serve.app import create_app; "
           "log_level='warning', http='h11', loop='asyncio')")
 
 
-def start_server(run: Path, port: int, extra: list[str], src: str | None, admin_key: str):
-    """``twotower serve`` of ``run`` (admin routes on with ``admin_key``), once /health answers."""
-    import httpx
-
-    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
-               TWOTOWER_API_KEY=admin_key)
-    cmd = [sys.executable, "-m", "twotower.cli", "serve", str(run), "--port", str(port), *extra]
-    if src:  # the service as it was: another checkout's package, uvicorn's pure-Python HTTP (h11)
-        env["PYTHONPATH"] = src  # and asyncio loop as installed then (no httptools / uvloop)
-        cmd = [sys.executable, "-c", BEFORE, str(run), str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit(f"service exited with {proc.returncode}")
-        time.sleep(0.5)
-    proc.terminate()
-    raise SystemExit("service did not start")
+def server_command(run: Path, extra: list[str], src: str | None) -> Callable[[int], list[str]]:
+    """``twotower serve`` of ``run`` with ``extra`` arguments, or (``src``) the service as it was
+    in another checkout: its package, uvicorn's pure-Python HTTP (h11) and asyncio loop."""
+    if src:
+        return lambda port: [sys.executable, "-c", BEFORE, str(run), str(port)]
+    return lambda port: [sys.executable, "-m", "twotower.cli", "serve", str(run), "--port",
+                         str(port), *extra]
 
 
 def versions_served(url: str, tries: int = 40) -> list[str]:
@@ -213,13 +192,13 @@ def measure(run: Path, queries: list[dict], name: str, args) -> dict:
 
     src = args.baseline_src if name == "before" else None
     admin_key = secrets.token_urlsafe(24)  # admin routes (the hot swap) are off without a key
-    proc, url = start_server(run, free_port(), CONFIGS[name], src, admin_key)
+    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+               TWOTOWER_API_KEY=admin_key, **({"PYTHONPATH": src} if src else {}))
+    with loopback_server(server_command(run, CONFIGS[name], src), env) as url:
+        def scrape() -> str | None:  # the "before" service has no /metrics
+            r = httpx.get(url + "/metrics", timeout=10)
+            return r.text if r.status_code == 200 else None
 
-    def scrape() -> str | None:  # the "before" service has no /metrics
-        r = httpx.get(url + "/metrics", timeout=10)
-        return r.text if r.status_code == 200 else None
-
-    try:
         load(url, queries, args.clients, 3.0)  # warm-up, not reported
         single = load(url, queries, 1, args.single_seconds)
         scrape0 = scrape()
@@ -240,9 +219,6 @@ def measure(run: Path, queries: list[dict], name: str, args) -> dict:
         scrape2 = scrape()
         time.sleep(2.5)  # other workers follow CURRENT within their 1 s poll
         after = versions_served(url)
-    finally:
-        proc.terminate()
-        proc.wait(30)
     out = {"args": CONFIGS[name], "src": src, "single": single, "steady": steady,
            "hot_swap": swapping, "versions_after": after}
     if scrape0 is not None and "--workers" not in CONFIGS[name]:  # one worker: one histogram
@@ -273,10 +249,19 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         run, queries = make_run(Path(tmp), args.items)
-        configs = {n: measure(run, queries, n, args) for n in names}
+        configs, failed = {}, {}
+        for n in names:
+            try:
+                configs[n] = measure(run, queries, n, args)
+            except SystemExit as err:  # another checkout may not read this run: say so, go on
+                if n != "before":
+                    raise
+                failed[n] = str(err)[-2000:]
+                print(f"config 'before' left out: {failed[n]}", flush=True)
+    names = [n for n in names if n in configs]
     last = configs[names[-1]]
     res = {"items": args.items, "clients": args.clients, "seconds": args.seconds,
-           "baseline": names[0], "primary": names[-1], "configs": configs,
+           "baseline": names[0], "primary": names[-1], "configs": configs, "failed": failed,
            "steady": last["steady"], "hot_swap": last["hot_swap"],
            "version_after": last["versions_after"][-1]}
     if "metrics_scrape" in last:

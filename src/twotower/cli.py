@@ -67,7 +67,10 @@ def train(config: Optional[Path] = typer.Argument(None, help="run config (YAML)"
           overwrite: bool = typer.Option(False, help="replace an existing run folder"),
           stream: bool = typer.Option(False, help="read the training log from disk every epoch"),
           report: bool = typer.Option(True, "--report/--no-report",
-                                      help="write RUN_DIR/report/ (plots + HTML) at the end")):
+                                      help="write RUN_DIR/report/ (plots + HTML) at the end"),
+          nproc: int = typer.Option(1, min=1, help="data-parallel processes on this machine "
+                                    "(torchrun: gloo on CPU, NCCL on GPUs); train.batch_size is "
+                                    "per process")):
     """Fit features, train, evaluate and export one run (and draw its report)."""
     def go():
         from twotower.config import load_config
@@ -81,10 +84,27 @@ def train(config: Optional[Path] = typer.Argument(None, help="run config (YAML)"
             # ignoring a different one would train something other than what was asked for
             raise ConfigError(f"--resume {resume} continues with that run's own config.yaml; "
                               "give either CONFIG.yaml (and --set) or --resume, not both")
+        if nproc > 1:  # the same command once per process, under torchrun
+            from twotower.runs import load_run_config
+            from twotower.run import RunDir
+            from twotower.train.distributed import check_config, launch
+
+            check_config(load_run_config(RunDir(resume)) if resume is not None
+                         else load_config(config, set_))
+
+            args = (["--resume", str(resume)] if resume is not None else [str(config)])
+            args += [a for s in set_ for a in ("--set", s)] + ["--overwrite"] * overwrite
+            args += ["--stream"] * stream + ([] if report else ["--no-report"])
+            code = launch(nproc, ["train", *args])
+            if code:
+                raise typer.Exit(code)
+            return
         from twotower.eval.tables import print_metrics
 
         cfg = None if resume is not None else load_config(config, set_)
         summary = train_run(cfg, resume_dir=resume, overwrite=overwrite, stream=stream)
+        if not summary.primary:  # another rank of a data-parallel run: rank 0 reports
+            return
         ks = sorted({k for k in (cfg or summary_cfg(summary)).eval.ks})
         cols = [f"{m}@{k}" for k in ks for m in ("hr", "ndcg")] + ["mrr"]
         print_metrics(f"{summary.metrics.get('split', '')} metrics — {summary.run_dir}",

@@ -37,6 +37,7 @@ from twotower.recipes import recipe_for
 from twotower.intake import start_run
 from twotower.run import FORMAT_VERSION, RunDir, atomic_write_json
 from twotower.runs import RunData, load_run, load_run_config, save_model
+from twotower.train.distributed import check_config, current_world, data_parallel
 from twotower.train.trainer import Trainer, TrainResult, resolve_device, seed_everything
 from twotower.types import Side
 
@@ -47,6 +48,7 @@ class RunSummary:
     metrics: dict[str, Any]
     train: TrainResult | None = None
     report: dict[str, Any] = field(default_factory=dict)
+    primary: bool = True  # False on the ranks of a data-parallel run other than 0 (no export)
 
 
 # ---------------------------------------------------------------- training
@@ -61,11 +63,21 @@ def train_run(cfg: RunConfig | None = None, resume_dir: str | Path | None = None
         run = RunDir(resume_dir)
         cfg = load_run_config(run)
         recipe_for(cfg).check(cfg)
+        if current_world().distributed:
+            check_config(cfg)
         return _train(cfg, run, FeatureSet.load(run.features), True, stream)
     if cfg is None:
         raise ConfigError("train_run needs a config, or a run folder to resume")
     recipe_for(cfg).check(cfg)
+    world = current_world()
+    if world.distributed:
+        check_config(cfg)
+    if not world.is_main:  # under torchrun: rank 0 checks, fits the features, makes the folder
+        world.barrier()
+        run = RunDir(cfg.resolved_run_dir)
+        return _train(cfg, run, FeatureSet.load(run.features), False, stream)
     started = start_run(cfg, overwrite)
+    world.barrier()
     return started.finish(lambda: _train(cfg, started.run, started.features, False, stream))
 
 
@@ -83,26 +95,36 @@ def _train(cfg: RunConfig, run: RunDir, features: FeatureSet, resumed: bool,
     if cfg.objective.ssl is not None:  # SSL is multi-task with whatever the objective trains
         prepared.task = SelfSupervisedTask(prepared.task, corpus.features, cfg.objective.ssl,
                                            cfg.train.seed)
+    world = current_world()
+    if world.distributed:  # cross-rank negatives over this rank's shard (train/distributed.py)
+        prepared.task, prepared.batches, prepared.num_batches = data_parallel(
+            prepared.task, prepared.batches, model, world, cfg.train.batch_size)
     valid = data.requests("valid", corpus)
-    warnings = warn_if_no_validation(valid)
+    warnings = warn_if_no_validation(valid) if world.is_main else []
     device = resolve_device(cfg.train.device)
 
     def validate(m: TwoTowerModel) -> dict:
         return evaluate_requests(m, valid, corpus, cfg.eval.ks, cfg.eval.chunk_size, device,
                                  extra=prepared.validation_metrics)
 
-    trainer = Trainer(model, prepared.task, cfg.train, run)
+    train_cfg = cfg.train if world.is_main else cfg.train.model_copy(update={"progress": False})
+    trainer = Trainer(model, prepared.task, train_cfg, run, writes=world.is_main)
+    # every rank measures the same batches (the loss is the task's own, on this rank's model)
     valid_batches = data.validation_batches(prepared.task.positives_only, cfg.train.batch_size,
                                             cfg.train.validation_batches, cfg.train.seed, stream)
     result = trainer.fit(prepared.batches, validate if valid is not None else None, cfg.eval.metric,
                          resume=resumed, num_batches=prepared.num_batches,
                          validation_batches=valid_batches)
+    examples, seconds = world.sum_and_max(result.examples, result.seconds)  # every rank's rows
+    if not world.is_main:  # rank 0 exports and reports
+        return RunSummary(run.root, {}, train=result, primary=False)
     save_model(model, run)
     summary = finish_run(run, cfg, features, model, data, corpus, device)
     summary.train = result
     summary.report["train"] = {"steps": result.steps, "epochs": result.epochs_run,
                                "best_epoch": result.best_epoch,
-                               "examples_per_second": result.examples_per_second,
+                               "examples_per_second": examples / seconds if seconds > 0
+                               else float("nan"), "world_size": world.size,
                                "seconds": time.perf_counter() - t0}
     summary.report.update(recipe.report(cfg, prepared, result.seconds))
     summary.report["warnings"] = warnings

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -311,14 +311,18 @@ class StreamingLog:
     except the final partial batch.
     """
 
-    def __init__(self, reader: LogReader, split: str = "train", positives_only: bool = False):
+    def __init__(self, reader: LogReader, split: str = "train", positives_only: bool = False,
+                 keep_chunk: Callable[[int], bool] | None = None):
         self.reader, self.split, self.positives_only = reader, split, positives_only
+        self.keep_chunk = keep_chunk  # chunk number -> whether this stream encodes it (a shard)
 
     def batches(self, batch_size: int, epoch: int = 0, seed: int = 0, skip: int = 0,
                 shuffle: bool = True) -> Iterator[Batch]:
         carry: EncodedLog | None = None
         produced = 0
         for n, chunk in enumerate(self.reader.chunks(self.split)):
+            if self.keep_chunk is not None and not self.keep_chunk(n):
+                continue
             log = self.reader.encode_chunk(chunk, self.positives_only)
             log = log if carry is None else EncodedLog.concat([carry, log])
             order = (np.random.default_rng([seed, epoch, n]).permutation(len(log)) if shuffle

@@ -77,9 +77,11 @@ class Trainer:
     LOG_EVERY = 50
 
     def __init__(self, model: nn.Module, task: nn.Module, cfg: TrainConfig,
-                 run_dir: RunDir | None = None):
+                 run_dir: RunDir | None = None, writes: bool = True):
         self.model, self.task, self.cfg = model, task, cfg
         self.run_dir = run_dir
+        # False: resume from run_dir but write nothing there (a replica beside the writing one)
+        self.writes = writes
         self.device = resolve_device(cfg.device)
         # Adam keeps decaying the moments of embedding rows a batch did not touch; after ~800
         # steps they reach the denormal range, where CPU arithmetic is several times slower.
@@ -116,7 +118,7 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.writes:
             save_checkpoint(self.run_dir.checkpoints, self.step, self.model, self._state(),
                             keep=self.cfg.keep_checkpoints)
 
@@ -146,7 +148,7 @@ class Trainer:
     # ---- logging
     def _log(self, record: dict[str, Any]) -> None:
         self.history.append(record)
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.writes:
             with open(self.run_dir.metrics_log, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
@@ -216,7 +218,7 @@ class Trainer:
              validation_batches: Sequence[Batch]) -> TrainResult:
         if not (resume and self.resume()):  # nothing to resume: start as a fresh run would
             seed_everything(self.cfg.seed)
-        best_path = self.run_dir.root / "best.safetensors" if self.run_dir else None
+        best_path = self.run_dir.root / "best.safetensors" if self.run_dir and self.writes else None
         best_state: dict[str, torch.Tensor] | None = None
         train_seconds = 0.0
         stop = False
@@ -286,7 +288,7 @@ class Trainer:
             load_weights(self.model, best_path)
         elif best_state is not None:
             self.model.load_state_dict(best_state)
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.writes:
             save_weights(self.model, self.run_dir.weights)
         return TrainResult(self.step, self.epoch, self.best_metric, self.best_epoch,
                            self.examples, train_seconds, self.history)
