@@ -146,12 +146,23 @@ def plot_long_tail(res: dict, out_json: Path) -> list[Path]:
                                {n: [r[m] for m in metrics] for n, r in rows.items()})]
 
 
+def plot_mining_memory(res: dict, out_json: Path) -> list[Path]:
+    rows = res["rows"]
+    labels = {f"{r['items'] // 1000}k x {r['queries'] // 1000}k": r for r in rows}
+    return [plots.grouped_bars(_png(out_json), "EBR offline mining: peak memory above baseline "
+                               "(MB, log) vs the naive [queries, items] matrix", "MB",
+                               list(labels),
+                               {"chunked miner": [r["peak_above_baseline_mb"] for r in rows],
+                                "naive matrix": [r["naive_matrix_gb"] * 1000 for r in rows]},
+                               xlabel="items x queries", log=True)]
+
+
 PLOTTERS: dict[str, Callable[[dict, Path], list[Path]]] = {
     "ml100k": plot_ml100k, "ml100k_cuda": plot_ml100k, "index": plot_index,
     "index_16core": plot_index, "mobius": plot_mobius, "serve_load": plot_serve_load,
     "serve_load_metrics": plot_serve_load,
     "zoo": plot_zoo, "zoo_sequence": plot_zoo_sequence, "channels": plot_channels,
-    "long_tail": plot_long_tail,
+    "long_tail": plot_long_tail, "mining_memory": plot_mining_memory,
 }
 
 
