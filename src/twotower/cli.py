@@ -41,6 +41,8 @@ def _run(fn):
 def simulate(out_dir: Path = typer.Argument(..., help="folder to write the log into"),
              impressions: int = typer.Option(200_000, help="shown impressions"),
              seed: int = typer.Option(0),
+             funnel_log: bool = typer.Option(False, "--funnel-log", help="also write funnel.parquet "
+                                             "(the ranking stage: shown and auctioned-not-shown)"),
              config: Optional[Path] = typer.Option(None, help="YAML of SimulatorConfig fields")):
     """Simulate a sponsored-search impression log (Parquet) with its ground truth."""
     def go():
@@ -49,7 +51,7 @@ def simulate(out_dir: Path = typer.Argument(..., help="folder to write the log i
         from twotower.data.simulator import SimulatorConfig, simulate as sim
         from twotower.errors import ConfigError
 
-        fields = {"seed": seed, "n_impressions": impressions}
+        fields = {"seed": seed, "n_impressions": impressions, "funnel_log": funnel_log}
         if config is not None:
             if not config.is_file():
                 raise ConfigError(f"{config}: not found")
