@@ -13,8 +13,10 @@ hits (the held-out item's rating, over the users whose held-out item is retrieve
 Settings (weight expression, DMTL hard_weight, LDM head mix) are chosen on the validation split
 only, by the goal's rule: the highest agreement@100 among settings keeping relevant@100 within 5%
 of the click-only DSSM's (for weighting: the highest engagement at HR within 0.02); the tables
-are test. Run each phase under the bench lock:
-    flock /tmp/tt-bench.lock python bench/consistency.py --only sim
+are test. Run each phase (or simulator part) under the bench lock; the JSON is written after each:
+    flock /tmp/tt-bench.lock python bench/consistency.py --only sim --parts dssm weighted
+    flock /tmp/tt-bench.lock python bench/consistency.py --only sim --parts dmtl
+    flock /tmp/tt-bench.lock python bench/consistency.py --only sim --parts ldm
     flock /tmp/tt-bench.lock python bench/consistency.py --only ml
 """
 from __future__ import annotations
@@ -38,7 +40,8 @@ KS = [50, 100]
 TOP_N = 10  # the ranker's top-N candidates of a search
 SIM_WORLD = {"seed": 0, "n_impressions": 300_000, "funnel_log": True}
 WEIGHTS = ["1 + 0.5*log1p(dwell) + 2*conversion", "1 + log1p(dwell) + 4*conversion"]
-DMTL_HARD = [0.5, 0.2]
+#: (hard_weight, value_column): the funnel's ranker orders by CTR x bid, an eCPM teacher includes bid
+DMTL_SETTINGS = [(0.5, "bid"), (0.2, "bid"), (0.5, None)]
 LDM_MIX = [0.0, 0.25, 0.5, 0.75, 1.0]
 ML_WEIGHTS = ["rating", "rating**2"]
 
@@ -133,68 +136,89 @@ def choose(valid: dict[str, dict], floor: float, key: str = "agreement@100",
     return max(valid, key=lambda n: valid[n][guard])
 
 
-def phase_sim(args, results: dict) -> None:
+SIM_PARTS = ["dssm", "weighted", "dmtl", "ldm"]
+LABELS = {"dssm": "click-only DSSM", "weighted": "weighted DSSM", "dmtl": "DMTL", "ldm": "LDM"}
+
+
+def world(args) -> Path:
+    """The simulated world in ``--workdir`` (written once; the same seed writes the same bytes)."""
     from twotower.data.simulator import SimulatorConfig, simulate
+
+    SIM_WORLD["n_impressions"] = args.impressions
+    data = args.workdir / f"world-{args.impressions}"
+    if not (data / "funnel.parquet").is_file():
+        t0 = time.perf_counter()
+        simulate(SimulatorConfig(**SIM_WORLD), data)
+        print(f"simulated {SIM_WORLD} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return data
+
+
+def phase_sim(args, results: dict, parts: list[str]) -> None:
     from twotower.eval.simulator import run_scores
     from twotower.pipeline import train_run
 
-    tmp = Path(tempfile.mkdtemp(prefix="tt-consistency-"))
-    data = tmp / "data"
-    t0 = time.perf_counter()
-    SIM_WORLD["n_impressions"] = args.impressions
-    simulate(SimulatorConfig(**SIM_WORLD), data)
-    print(f"simulated {SIM_WORLD} in {time.perf_counter() - t0:.0f} s", flush=True)
+    data = world(args)
+    runs_dir = args.workdir / f"runs-{args.impressions}"
     judges = {s: Judge(data, s, args.searches) for s in ("valid", "test")}
-    runs: dict[str, dict] = {}
+    sim = results.setdefault("sim", {})
+    if sim.get("world") not in (None, SIM_WORLD) or sim.get("searches") not in (None, args.searches):
+        sim.clear()  # parts measured on another world are not comparable
+    sim.update({"world": dict(SIM_WORLD), "searches": args.searches, "top_n": TOP_N, "epochs": args.epochs})
+    done = sim.setdefault("parts", {})
 
     def train(name: str, **sections) -> Path:
         t = time.perf_counter()
-        s = train_run(sim_config(data, tmp / name, args.epochs, **sections), overwrite=True)
-        runs[name] = {"seconds": time.perf_counter() - t, "best_epoch": s.train.best_epoch,
-                      "examples_per_second": s.train.examples_per_second}
-        print(f"trained {name} in {runs[name]['seconds']:.0f} s", flush=True)
-        return s.run_dir
+        s = train_run(sim_config(data, runs_dir / name, args.epochs, **sections), overwrite=True)
+        info = {"seconds": time.perf_counter() - t, "best_epoch": s.train.best_epoch,
+                "examples_per_second": s.train.examples_per_second}
+        print(f"trained {name}: {info}", flush=True)
+        return s.run_dir, info
 
     def judged(run_dir: Path) -> dict:
         return {split: j.metrics(run_scores(run_dir, j.held)) for split, j in judges.items()}
 
-    table, chosen, candidates = {}, {}, {}
-    base = judged(train("dssm"))
-    table["click-only DSSM"] = base["test"]
-    floor = 0.95 * base["valid"]["relevant@100"]
-
-    weighted = {}
-    for n, expr in enumerate(WEIGHTS):
-        weighted[expr] = judged(train(f"weighted{n}", data={"weight_expression": expr}))
-    hr_floor = base["valid"]["ideal_recall@100"] - 0.02
-    pick = choose({e: m["valid"] for e, m in weighted.items()}, hr_floor, "dwell@100", "ideal_recall@100")
-    table["weighted DSSM"], chosen["weighted DSSM"] = weighted[pick]["test"], pick
-    candidates["weighted DSSM"] = {e: m["valid"] for e, m in weighted.items()}
-
-    dmtl, teacher = {}, None
-    for n, hard in enumerate(DMTL_HARD):
-        d = {"engagement": "dwell", "length_column": "page_length", "value_column": "bid",
-             "hard_weight": hard, "candidates": 32, "teacher_epochs": 2, "teacher": teacher}
-        run_dir = train(f"dmtl{n}", objective={"name": "dmtl", "dmtl": d})
-        teacher = str(run_dir)  # the next setting reuses this run's teacher (loaded, not retrained)
-        dmtl[f"hard_weight={hard}"] = judged(run_dir)
-    pick = choose({k: m["valid"] for k, m in dmtl.items()}, floor)
-    table["DMTL"], chosen["DMTL"] = dmtl[pick]["test"], pick
-    candidates["DMTL"] = {k: m["valid"] for k, m in dmtl.items()}
-
-    ldm_dir = train("ldm", objective={"name": "ldm", "ldm": {"funnel": str(data / "funnel.parquet"),
-                                                               "retrieval": "mix", "mix": 0.5}})
-    ldm = {f"mix={m}": {s: j.metrics(head_scores(ldm_dir, j.held, m)) for s, j in judges.items()}
-           for m in LDM_MIX}
-    pick = choose({k: m["valid"] for k, m in ldm.items()}, floor)
-    table["LDM"], chosen["LDM"] = ldm[pick]["test"], pick
-    candidates["LDM"] = {k: m["valid"] for k, m in ldm.items()}
-
-    results["sim"] = {"world": SIM_WORLD, "searches": args.searches, "top_n": TOP_N,
-                      "epochs": args.epochs, "test": table, "chosen_on_valid": chosen,
-                      "valid_candidates": candidates, "valid_dssm": base["valid"], "runs": runs,
-                      "goals": goals(table)}
-    print_sim(results["sim"])
+    for part in parts:
+        t0 = time.perf_counter()
+        if part != "dssm" and "dssm" not in done:
+            raise SystemExit("run the dssm part first (its validation numbers set the floors)")
+        base = done.get("dssm", {}).get("valid")
+        floor = 0.95 * base["relevant@100"] if base else None
+        settings, runs = {}, {}
+        if part == "dssm":
+            run_dir, runs["dssm"] = train("dssm")
+            settings["in_batch_softmax"] = judged(run_dir)
+            pick = "in_batch_softmax"
+        elif part == "weighted":
+            for n, expr in enumerate(WEIGHTS):
+                run_dir, runs[expr] = train(f"weighted{n}", data={"weight_expression": expr})
+                settings[expr] = judged(run_dir)
+            pick = choose({e: m["valid"] for e, m in settings.items()},
+                          base["ideal_recall@100"] - 0.02, "dwell@100", "ideal_recall@100")
+        elif part == "dmtl":
+            teacher = None
+            for n, (hard, value) in enumerate(DMTL_SETTINGS):
+                d = {"engagement": "dwell", "length_column": "page_length", "value_column": value,
+                     "hard_weight": hard, "candidates": 32, "teacher_epochs": 2, "teacher": teacher}
+                key = f"hard_weight={hard}, value_column={value}"
+                run_dir, runs[key] = train(f"dmtl{n}", objective={"name": "dmtl", "dmtl": d})
+                teacher = str(run_dir)  # the next setting loads this run's teacher, not retrained
+                settings[key] = judged(run_dir)
+            pick = choose({k: m["valid"] for k, m in settings.items()}, floor)
+        else:
+            run_dir, runs["ldm"] = train("ldm", objective={"name": "ldm", "ldm": {
+                "funnel": str(data / "funnel.parquet"), "retrieval": "mix", "mix": 0.5}})
+            settings = {f"mix={m}": {s: j.metrics(head_scores(run_dir, j.held, m))
+                                     for s, j in judges.items()} for m in LDM_MIX}
+            pick = choose({k: m["valid"] for k, m in settings.items()}, floor)
+        done[part] = {"chosen_on_valid": pick, "valid": settings[pick]["valid"],
+                      "test": settings[pick]["test"],
+                      "valid_candidates": {k: m["valid"] for k, m in settings.items()},
+                      "runs": runs, "seconds": time.perf_counter() - t0}
+        sim["test"] = {LABELS[p]: done[p]["test"] for p in SIM_PARTS if p in done}
+        if {"dssm", "weighted", "dmtl", "ldm"} <= set(done):
+            sim["goals"] = goals(sim["test"])
+        save(args, results)
+    print_sim(sim)
 
 
 def goals(table: dict) -> dict:
@@ -218,14 +242,17 @@ SIM_COLS = ["relevant@50", "relevant@100", "cpm@100", "ideal_recall@50", "ideal_
 
 
 def print_sim(res: dict) -> None:
+    if "click-only DSSM" not in res.get("test", {}):
+        return
     base = res["test"]["click-only DSSM"]
     print(f"\nsimulator {res['world']}, test ({res['searches']} searches), ranker top-{res['top_n']}")
     print(f"{'variant':<18}" + "".join(f"{c:>17}" for c in SIM_COLS) + f"{'agree@100 x':>13}")
     for name, r in res["test"].items():
         print(f"{name:<18}" + "".join(f"{r[c]:>17.4f}" for c in SIM_COLS)
               + f"{r['agreement@100'] / base['agreement@100']:>13.2f}")
-    print("chosen on validation:", res["chosen_on_valid"])
-    print("goals:", json.dumps(res["goals"], indent=1))
+    print("chosen on validation:", {p: r["chosen_on_valid"] for p, r in res["parts"].items()})
+    if "goals" in res:
+        print("goals:", json.dumps(res["goals"], indent=1))
 
 
 def phase_ml(args, results: dict) -> None:
@@ -277,29 +304,41 @@ def phase_ml(args, results: dict) -> None:
         print(f"{name:<24}" + "".join(f"{r[c]:>15.4f}" for c in cols))
 
 
+def save(args, results: dict) -> None:
+    from twotower.run import atomic_write_text
+
+    results["protocol"] = ("BENCHMARK.md §2 (ranker agreement) and §1 (MovieLens); settings chosen "
+                           "on validation, test reported")
+    results["cpus"] = os.cpu_count()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(results, indent=2))
+    print(f"wrote {args.out}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", nargs="*", default=["sim", "ml"], choices=["sim", "ml"])
+    ap.add_argument("--parts", nargs="*", default=SIM_PARTS, choices=SIM_PARTS,
+                    help="simulator parts to (re)run; dssm first (its numbers set the floors)")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--searches", type=int, default=1500)
     ap.add_argument("--impressions", type=int, default=SIM_WORLD["n_impressions"],
                     help="simulator impressions (smaller: a smoke run, not the bench)")
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tt-consistency",
+                    help="the simulated world and runs (kept, so parts can run one at a time)")
     ap.add_argument("--ml", type=Path, default=DEFAULT_ML)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from twotower.run import atomic_write_text
-
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    results["protocol"] = "BENCHMARK.md §2 (ranker agreement) and §1 (MovieLens); chosen on valid, test reported"
     for phase in args.only:
         t = time.perf_counter()
-        (phase_sim if phase == "sim" else phase_ml)(args, results)
-        results.setdefault("seconds", {})[phase] = time.perf_counter() - t
-        results.setdefault("cpus", os.cpu_count())
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out, json.dumps(results, indent=2))
-        print(f"wrote {args.out}", flush=True)
+        if phase == "sim":
+            phase_sim(args, results, args.parts)
+        else:
+            phase_ml(args, results)
+            results.setdefault("seconds", {})["ml"] = time.perf_counter() - t
+            save(args, results)
     from plots import plot_results
 
     plot_results("consistency", json.loads(args.out.read_text()), args.out)
