@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +32,6 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 DEFAULT_ML = HERE.parent.parent / "shared" / "data" / "ml-100k"
 OUT = HERE / "results" / "consistency.json"
 KS = [50, 100]
@@ -339,9 +337,29 @@ def main() -> None:
             phase_ml(args, results)
             results.setdefault("seconds", {})["ml"] = time.perf_counter() - t
             save(args, results)
-    from plots import plot_results
+    plot(json.loads(args.out.read_text()), args.out)
 
-    plot_results("consistency", json.loads(args.out.read_text()), args.out)
+
+def plot(res: dict, out_json: Path) -> list[Path]:
+    """consistency.png (simulator) and consistency_ml.png (MovieLens) beside the JSON."""
+    from twotower.eval import plots
+
+    made = []
+    if res.get("sim", {}).get("test"):
+        rows = res["sim"]["test"]
+        metrics = ["relevant@100", "ideal_recall@100", "agreement@50", "agreement@100"]
+        made.append(plots.grouped_bars(out_json.with_suffix(".png"), "Simulator: consistency with the "
+                                       "ranker (test; agreement = share of the ranker's top-N retrieved)",
+                                       "value", metrics, {n: [r[m] for m in metrics] for n, r in rows.items()}))
+    if "ml" in res:
+        rows = res["ml"]["test"]
+        metrics = ["hr@10", "hr@50"]
+        made.append(plots.grouped_bars(out_json.with_name(out_json.stem + "_ml.png"), "MovieLens 100K: "
+                                       "rating-weighted vs unweighted DSSM (test)", "HR", metrics,
+                                       {n: [r[m] for m in metrics] for n, r in rows.items()}))
+    for p in made:
+        print(f"wrote {p}")
+    return made
 
 
 if __name__ == "__main__":
