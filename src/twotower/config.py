@@ -156,7 +156,12 @@ class MobiusObjectiveConfig(StrictModel):
         "uniform cross-join pairs; none: 2-class click/unclick only")
     ctr_temperature: float = Field(1.0, gt=0, description="sampling weight = ctr^(1/T): 1 = "
                                    "CTR-proportional, < 1 sharper, > 1 flatter")
-    max_bad_per_batch: int = Field(2048, gt=0, description="cap on bad cases per batch")
+    max_bad_per_batch: int = Field(2048, gt=0, description="cap on bad cases per cross join "
+                                   "(per block with cross_join_block)")
+    cross_join_block: int | None = Field(
+        None, gt=1, description="rows per cross join: the batch is cut into blocks of this many "
+        "rows, each cross joined in itself as a batch of that size would be (cost linear in the "
+        "batch, not quadratic); None: the whole batch (Algorithm 1)")
     bad_weight: float = Field(3.0, gt=0, description="loss weight of a bad case")
     warmup_steps: int = Field(20, ge=0, description="steps on impressions only before mining")
     warmup_epochs: int = Field(0, ge=0, description="epochs on impressions only before mining "

@@ -5,6 +5,9 @@ Per batch: 3-class cross-entropy on the impressions (click / unclick); after the
 (1) deduplicate the batch's queries (with their users) and ads, (2) cross join them, (3) ask the
 relevance teacher, keep pairs under the threshold, (4) score them with the student (no gradient),
 (5) sample bad cases with probability rising with predicted CTR, (6) add them as class "bad".
+Steps (3)-(5) run in the order that costs least and draws the same sample: the student scores the
+whole cross join (one batched product), pairs are drawn by CTR, and the teacher is asked only
+about the drawn pairs, keeping the first low-relevance ones (``sample_bad_cases_lazily``).
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from torch import nn
 from twotower.config import MobiusObjectiveConfig
 from twotower.errors import ConfigError
 from twotower.mobius.augment import dedup_ids, dedup_rows, observed_mask
-from twotower.mobius.sampler import sample_bad_cases, sample_uniform
+from twotower.mobius.sampler import sample_bad_cases_lazily, sample_uniform
 from twotower.mobius.v2 import REL_KEY, clean_click_labels, drop_item_ids
 from twotower.models.mobius import BAD, CLICK, UNCLICK
 from twotower.objectives.losses import class_softmax_loss
@@ -54,9 +57,23 @@ class MobiusTask(nn.Module):
 
     def mine(self, model: nn.Module, batch: Batch, q: torch.Tensor, i: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-        """(query rows [P], item rows [P]) of the batch whose pairs are sampled as bad cases."""
-        q_first, q_inv = dedup_rows(batch.query)  # [m], [B]
-        a_first, a_inv = dedup_ids(batch.item_ids)  # [n], [B]
+        """(query rows [P], item rows [P]) of the batch whose pairs are sampled as bad cases.
+        With ``cross_join_block`` the batch is cut into blocks of that many rows, each cross
+        joined in itself (as separate batches of that size would be): the cross join's cost grows
+        with the batch, not with its square, so a large batch amortises the per-step costs."""
+        rows = len(batch.item_ids)
+        size = self.cfg.cross_join_block or rows
+        parts = [self._mine_rows(model, batch, q, i, s, min(s + size, rows))
+                 for s in range(0, rows, size)]
+        logs = {k: sum(p[2][k] for p in parts) for k in parts[0][2]}
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), logs
+
+    def _mine_rows(self, model: nn.Module, batch: Batch, q: torch.Tensor, i: torch.Tensor,
+                   start: int, end: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """Algorithm 1's augmentation and sampling over the rows [start, end) of the batch."""
+        q_first, q_inv = dedup_rows({k: v[start:end] for k, v in batch.query.items()})  # [m], [b]
+        a_first, a_inv = dedup_ids(batch.item_ids[start:end])  # [n], [b]
+        q_first, a_first = q_first + start, a_first + start
         m, n = len(q_first), len(a_first)
         cap = self.cfg.max_bad_per_batch
         if self.cfg.bad_cases == "random":
@@ -66,16 +83,22 @@ class MobiusTask(nn.Module):
             if QUERY_KEY not in batch.extra or AD_KEY not in batch.extra:
                 raise ConfigError("MOBIUS batches need teacher keys in batch.extra "
                                   f"({QUERY_KEY!r}, {AD_KEY!r}); train with objective.name: mobius")
-            rel = self.teacher.score(batch.extra[QUERY_KEY][q_first],
-                                     batch.extra[AD_KEY][a_first]).to(q.device)  # [m, n]
-            lowmask = (rel < self.threshold) & ~observed_mask(q_inv, a_inv, m, n)
-            cand = lowmask.flatten().nonzero().squeeze(1)  # [C]
-            low = int(cand.numel())
-            with torch.no_grad():  # the student's CTR on the low-relevance pairs
+            qkey = batch.extra[QUERY_KEY][q_first].cpu()
+            akey = batch.extra[AD_KEY][a_first].cpu()
+
+            def is_low(pairs: torch.Tensor) -> torch.Tensor:  # the teacher, on these pairs only
+                pairs = pairs.cpu()
+                return self.teacher.score_pairs(qkey[pairs // n], akey[pairs % n]) < self.threshold
+
+            with torch.no_grad():  # the student's CTR on the whole cross join
                 ctr = model.click_probability(q[q_first].detach(), i[a_first].detach(),
-                                              self.temperature).flatten()[cand]
-            pick = cand[sample_bad_cases(ctr, cap, self.cfg.ctr_temperature, self.generator)]
-        return q_first[pick // n], a_first[pick % n], {"pairs": float(m * n), "low_relevance": float(low)}
+                                              self.temperature).flatten()
+            pick, low = sample_bad_cases_lazily(ctr, observed_mask(q_inv, a_inv, m, n).flatten(),
+                                                cap, is_low, self.cfg.ctr_temperature,
+                                                self.generator)
+            pick = pick.to(q.device)
+        # "scored": cross-join pairs the teacher was asked about (random: every pair)
+        return q_first[pick // n], a_first[pick % n], {"pairs": float(m * n), "scored": float(low)}
 
     def loss(self, model: nn.Module, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         if batch.label is None:
