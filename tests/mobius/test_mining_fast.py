@@ -83,9 +83,16 @@ def test_cross_join_blocks_never_pair_rows_of_different_blocks():
     task = MobiusTask(MobiusObjectiveConfig(max_bad_per_batch=1000, cross_join_block=4),
                       teacher, 0.5)
     q, i = model.encode_query(batch.query), model.encode_item(batch.item)
-    qr, ir, logs = task.mine(model, batch, q, i)
+    bad, logs = task.mine(model, batch, q, i)
     assert logs["pairs"] == 4 * 16  # four 4 x 4 cross joins, not one 16 x 16
-    assert torch.equal(qr // 4, ir // 4)  # both rows of a pair in one block
-    assert len(qr) == 4 * 12  # every unobserved pair of each block (none relevant)
+    assert bad.shape == (4 * 12, 3)  # every unobserved pair of each block (none relevant)
+    # each bad case is the class logits of a (query row, ad row) pair of one block, not observed
+    full = model.class_logits_matrix(q, i).reshape(256, 3)  # [16 * 16, 3]
+    pair = torch.cdist(bad.detach(), full.detach()).argmin(1)
+    assert torch.allclose(bad, full[pair], atol=1e-5)
+    a, b = pair // 16, pair % 16
+    assert torch.equal(a // 4, b // 4) and bool((a != b).all())
+    bad.sum().backward()  # the bad logits carry the gradient to both towers
+    assert all(p.grad is not None for p in model.parameters())
     whole = MobiusTask(MobiusObjectiveConfig(max_bad_per_batch=1000), teacher, 0.5)
-    assert whole.mine(model, batch, q, i)[2]["pairs"] == 256
+    assert whole.mine(model, batch, q, i)[1]["pairs"] == 256
