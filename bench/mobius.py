@@ -33,22 +33,27 @@ KS = [10, 50, 100]
 OFF = {"mode": "v2", "clean_labels": "none", "item_id_dropout": 0.0, "brw_alpha": 1.0}
 CLICK, MINUS_BAD = {"retrieval": "click"}, {"retrieval": "click_minus_bad"}
 
-#: name -> (kind, objective.mobius overrides, model overrides)
+#: name -> (kind, objective.mobius overrides, model overrides[, train overrides]); MOBIUS runs
+#: train with --batch rows per step cut into cross joins of --block rows (examples/mobius.yaml)
 RUNS = {
     "dssm": ("dssm", {}, {}),
     "ctr": ("mobius", {"mode": "paper", "bad_cases": "none"}, {}),
     "paper": ("mobius", {"mode": "paper", "bad_cases": "active"}, {}),
     "paper_random": ("mobius", {"mode": "paper", "bad_cases": "random"}, {}),
+    "v2_off": ("mobius", OFF, CLICK),  # every v2 option off: the row the others change by one
     "v2_clean": ("mobius", {**OFF, "clean_labels": "relabel_bad"}, CLICK),
     "v2_downweight": ("mobius", {**OFF, "clean_labels": "downweight"}, CLICK),
     "v2_minus_bad": ("mobius", OFF, MINUS_BAD),
     "v2_id_dropout": ("mobius", {**OFF, "item_id_dropout": 0.3}, CLICK),
+    # Algorithm 1's whole-batch cross join at batch 512 (the large-batch recipe's control)
+    "v2_off_batch512": ("mobius", {**OFF, "cross_join_block": None}, CLICK,
+                        {"batch_size": 512, "lr": 0.003}),
     "v2": ("mobius", {"mode": "v2"}, {}),  # the shipped defaults (config.MOBIUS_RECIPES["v2"])
 }
 
 
 def train(name: str, data: Path, workdir: Path, args) -> Path:
-    kind, mob, model = RUNS[name]
+    kind, mob, model, *train_over = RUNS[name]
     run_dir = workdir / name
     if (run_dir / "report.json").is_file() and not args.retrain:
         return run_dir
@@ -59,6 +64,9 @@ def train(name: str, data: Path, workdir: Path, args) -> Path:
     if kind == "dssm":
         cfg = simulator_config(data, run_dir, **common)
     else:
+        common["train"].update({"batch_size": args.batch, "lr": args.lr,
+                                **(train_over[0] if train_over else {})})
+        mob = {"cross_join_block": args.block, **mob}
         cfg = mobius_simulator_config(data, run_dir, **common,
                                       objective={"name": "mobius", "mobius": mob})
         for k, v in model.items():
@@ -104,13 +112,16 @@ def pick(valid: dict[str, dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--impressions", type=int, default=500_000)
-    ap.add_argument("--ads", type=int, default=100_000)
+    ap.add_argument("--impressions", type=int, default=1_000_000)
+    ap.add_argument("--ads", type=int, default=50_000)
     ap.add_argument("--queries", type=int, default=20_000)
     ap.add_argument("--users", type=int, default=50_000)
     ap.add_argument("--advertisers", type=int, default=2_000)
     ap.add_argument("--holdout", type=float, default=0.02, help="share of searches in valid / test")
-    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=2048, help="MOBIUS rows per step")
+    ap.add_argument("--block", type=int, default=512, help="MOBIUS rows per cross join")
+    ap.add_argument("--lr", type=float, default=0.006, help="MOBIUS learning rate")
     ap.add_argument("--searches", type=int, default=400, help="held-out searches per split")
     ap.add_argument("--only", default=",".join(RUNS), help="runs to train (comma separated)")
     ap.add_argument("--train-only", action="store_true", help="train, skip the evaluation")

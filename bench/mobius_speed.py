@@ -76,13 +76,15 @@ def baseline_src(rev: str, work: Path) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--impressions", type=int, default=300_000, help="simulated log size")
+    ap.add_argument("--impressions", type=int, default=1_000_000, help="simulated log size")
     ap.add_argument("--ads", type=int, default=50_000)
     ap.add_argument("--impressions-per-run", type=int, default=200_000)
     ap.add_argument("--baseline-rev", default="d8eb93c",
                     help="the library before the mining rework (main when issue 17's speed work began)")
     ap.add_argument("--only", default="", help="comma-separated substrings of contender labels")
     ap.add_argument("--workdir", default="/tmp/twotower_bench_mobius_speed")
+    ap.add_argument("--data", default="/tmp/twotower_bench_mobius_v2/data",
+                    help="the simulated log (bench/mobius.py's world; simulated when missing)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "mobius_speed.json"))
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -92,12 +94,16 @@ def main() -> None:
     from twotower.run import atomic_write_text
 
     work = Path(args.workdir)
-    data = work / "data"
+    data = Path(args.data)
     sim = SimulatorConfig(n_impressions=args.impressions, n_ads=args.ads, n_queries=20_000,
                           n_users=50_000, n_advertisers=2_000, holdout_share=0.02)
     if not (data / "simulator.json").is_file() or load_config(data) != sim:
         simulate(sim, data)
-    trees = {"this": ROOT / "src", "baseline": baseline_src(args.baseline_rev, work)}
+    import twotower
+
+    # "after": the library this process imports (the tree under test, maybe a snapshot of it)
+    trees = {"this": Path(twotower.__file__).resolve().parents[1],
+             "baseline": baseline_src(args.baseline_rev, work)}
     only = [s for s in args.only.split(",") if s]
     res = {"simulator": sim.model_dump(), "baseline_rev": args.baseline_rev,
            "impressions_per_run": args.impressions_per_run, "cpu_count": os.cpu_count(),
