@@ -61,13 +61,13 @@ def worker(spec: dict) -> None:
                       "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}))
 
 
-def baseline_src(rev: str, work: Path) -> Path:
+def baseline_src(rev: str, work: Path, repo: str) -> Path:
     """``src/`` of the library at git revision ``rev``, extracted once into the work folder."""
-    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", rev], check=True,
+    sha = subprocess.run(["git", "-C", repo, "rev-parse", rev], check=True,
                          capture_output=True, text=True).stdout.strip()
     dest = work / f"src_{sha[:12]}"
     if not (dest / "src" / "twotower").is_dir():
-        tar = subprocess.run(["git", "-C", str(ROOT), "archive", sha, "src"], check=True,
+        tar = subprocess.run(["git", "-C", repo, "archive", sha, "src"], check=True,
                              capture_output=True).stdout
         with tarfile.open(fileobj=BytesIO(tar)) as t:
             t.extractall(dest, filter="data")
@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--impressions-per-run", type=int, default=200_000)
     ap.add_argument("--baseline-rev", default="d8eb93c",
                     help="the library before the mining rework (main when issue 17's speed work began)")
+    ap.add_argument("--repo", default=str(ROOT), help="the git repository holding --baseline-rev")
     ap.add_argument("--only", default="", help="comma-separated substrings of contender labels")
     ap.add_argument("--workdir", default="/tmp/twotower_bench_mobius_speed")
     ap.add_argument("--data", default="/tmp/twotower_bench_mobius_v2/data",
@@ -103,7 +104,7 @@ def main() -> None:
 
     # "after": the library this process imports (the tree under test, maybe a snapshot of it)
     trees = {"this": Path(twotower.__file__).resolve().parents[1],
-             "baseline": baseline_src(args.baseline_rev, work)}
+             "baseline": baseline_src(args.baseline_rev, work, args.repo)}
     only = [s for s in args.only.split(",") if s]
     res = {"simulator": sim.model_dump(), "baseline_rev": args.baseline_rev,
            "impressions_per_run": args.impressions_per_run, "cpu_count": os.cpu_count(),
