@@ -563,6 +563,8 @@ def load(url: str, queries: list[dict], clients: int, seconds: float, k: int = 1
     for th in threads:
         th.join()
     a = np.array(lat) * 1000
+    if not len(a):
+        raise SystemExit(f"{url}: no request finished in {seconds} s — raise --seconds")
     return {"requests": len(a), "errors": errors[0], "with_failed_channels": failed[0],
             "p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
             "rps": len(a) / seconds}
@@ -578,20 +580,24 @@ def latency_part(args, work: Path, spec: dict, queries: list[dict]) -> dict:
     from twotower.channels.service import build_channels
 
     build_channels(validate_channels(spec, "bench latency"), log=lambda *a: None)
-    configs = {"merged": spec}
+    # every service runs its torch / FAISS kernels on --math-threads threads (the same for all,
+    # so the comparison is fair); the merged service is also measured with the pools as they are
+    threads = {"budget_ms": args.budget_ms, "math_threads": args.math_threads}
+    configs = {"merged": {**spec, "service": threads}}
     for ch in spec["channels"]:
-        configs[ch["name"]] = {**spec, "channels": [ch]}
-    out = {"clients": args.clients, "seconds": args.seconds, "k": 100, "configs": {}}
+        configs[ch["name"]] = {**spec, "channels": [ch], "service": threads}
+    configs["merged, default math threads"] = {**spec, "service": {"budget_ms": args.budget_ms}}
+    out = {"clients": args.clients, "seconds": args.seconds, "k": 100,
+           "math_threads": args.math_threads, "configs": {}}
     for name, s in configs.items():
-        path = work / f"latency_{name}.yaml"
-        s = {**s, "service": {"budget_ms": args.budget_ms}}
-        if name != "merged":  # a channel alone: the merged config's learned weights do not apply
+        path = work / f"latency_{name.replace(' ', '_').replace(',', '')}.yaml"
+        if not name.startswith("merged"):  # a channel alone: the merged config's learned weights do not apply
             s["learning"] = {"weights_file": str(work / f"latency_{name}.weights.json")}
         path.write_text(yaml.safe_dump(json.loads(json.dumps(s))))
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         # the server's JSON access log goes to a file: an unread pipe fills up and blocks it
-        log_path = work / f"latency_{name}.log"
+        log_path = path.with_suffix(".log")
         proc = subprocess.Popen([sys.executable, "-m", "twotower", "serve", "--channels", str(path),
                                  "--port", str(port)], stdout=subprocess.DEVNULL,
                                 stderr=open(log_path, "w"))
@@ -618,7 +624,7 @@ def latency_part(args, work: Path, spec: dict, queries: list[dict]) -> dict:
                 proc.kill()
                 proc.wait(30)
     for load_key in ("clients=1", f"clients={args.clients}"):
-        singles = {k: v[load_key] for k, v in out["configs"].items() if k != "merged"}
+        singles = {k: v[load_key] for k, v in out["configs"].items() if not k.startswith("merged")}
         slowest = max(singles, key=lambda k: singles[k]["p99_ms"])
         m = out["configs"]["merged"][load_key]
         out[f"goal_p99 {load_key}"] = {
@@ -710,6 +716,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--budget-ms", type=float, default=2000.0)
+    ap.add_argument("--math-threads", type=int, default=1, help="service.math_threads of every "
+                    "served config (torch / FAISS threads)")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="keep data and runs here (phased runs: --parts one at a time + --reuse)")
     ap.add_argument("--reuse", action="store_true",

@@ -152,6 +152,10 @@ class ServiceConfig(_Strict):
     budget_ms: float = Field(1000.0, gt=0.0, description="latency budget: channels still running "
                              "then are reported as timed out and the rest answer")
     workers: Optional[int] = Field(None, ge=1, description="threads running channels (default: one each)")
+    math_threads: Optional[int] = Field(None, ge=1, description="threads of each channel's "
+                                        "torch / FAISS work (process-wide; default: as they are). "
+                                        "1: the channels' own concurrency uses the cores instead "
+                                        "of every channel's thread pool fighting for them")
 
 
 class Bandit(str, Enum):
