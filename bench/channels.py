@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -574,7 +573,7 @@ def latency_part(args, work: Path, spec: dict, queries: list[dict]) -> dict:
     import httpx
 
     sys.path.insert(0, str(HERE))
-    from serve_load import free_port
+    from loopback import loopback_server
 
     from twotower.channels.config import validate_channels
     from twotower.channels.service import build_channels
@@ -591,38 +590,18 @@ def latency_part(args, work: Path, spec: dict, queries: list[dict]) -> dict:
            "math_threads": args.math_threads, "configs": {}}
     for name, s in configs.items():
         path = work / f"latency_{name.replace(' ', '_').replace(',', '')}.yaml"
-        if not name.startswith("merged"):  # a channel alone: the merged config's learned weights do not apply
+        if not name.startswith("merged"):  # a channel alone: the merged weights do not apply
             s["learning"] = {"weights_file": str(work / f"latency_{name}.weights.json")}
         path.write_text(yaml.safe_dump(json.loads(json.dumps(s))))
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        # the server's JSON access log goes to a file: an unread pipe fills up and blocks it
-        log_path = path.with_suffix(".log")
-        proc = subprocess.Popen([sys.executable, "-m", "twotower", "serve", "--channels", str(path),
-                                 "--port", str(port)], stdout=subprocess.DEVNULL,
-                                stderr=open(log_path, "w"))
-        try:
-            for _ in range(600):
-                try:
-                    if httpx.get(url + "/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.25)
-                if proc.poll() is not None:
-                    raise SystemExit(log_path.read_text()[-2000:])
+        cmd = lambda port, path=path: [sys.executable, "-m", "twotower", "serve",  # noqa: E731
+                                       "--channels", str(path), "--port", str(port)]
+        with loopback_server(cmd, log=path.with_suffix(".log")) as url:
             cols = set(httpx.get(url + "/metadata").json()["query_columns"])
             qs = [{f: v for f, v in q.items() if f in cols} for q in queries]
             load(url, qs, 1, 1.0)  # warm-up
             out["configs"][name] = {f"clients={c}": load(url, qs, c, args.seconds)
                                     for c in (1, args.clients)}
             print(f"  latency {name}: {out['configs'][name]}", flush=True)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:  # uvicorn waits for requests still in flight
-                proc.kill()
-                proc.wait(30)
     for load_key in ("clients=1", f"clients={args.clients}"):
         singles = {k: v[load_key] for k, v in out["configs"].items() if not k.startswith("merged")}
         slowest = max(singles, key=lambda k: singles[k]["p99_ms"])
