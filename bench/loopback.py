@@ -1,7 +1,7 @@
 """A service of the benches on 127.0.0.1: start it on a free port, wait for ``/health``, stop it.
 
-One helper for every bench that loads a live ``twotower serve`` (bench/serve_load.py; meant for
-bench/channels.py too, which still has its own copy of these lines)::
+One helper for every bench that loads a live ``twotower serve`` (bench/serve_load.py,
+bench/channels.py)::
 
     with loopback_server(lambda port: [sys.executable, "-m", "twotower", "serve", RUN,
                                        "--port", str(port)]) as url:

@@ -33,22 +33,30 @@ KS = [10, 50, 100]
 OFF = {"mode": "v2", "clean_labels": "none", "item_id_dropout": 0.0, "brw_alpha": 1.0}
 CLICK, MINUS_BAD = {"retrieval": "click"}, {"retrieval": "click_minus_bad"}
 
-#: name -> (kind, objective.mobius overrides, model overrides)
+#: name -> (kind, objective.mobius overrides, model overrides[, train overrides]); MOBIUS runs
+#: train with --batch rows per step cut into cross joins of --block rows (examples/mobius.yaml)
 RUNS = {
     "dssm": ("dssm", {}, {}),
     "ctr": ("mobius", {"mode": "paper", "bad_cases": "none"}, {}),
     "paper": ("mobius", {"mode": "paper", "bad_cases": "active"}, {}),
     "paper_random": ("mobius", {"mode": "paper", "bad_cases": "random"}, {}),
+    "v2_off": ("mobius", OFF, CLICK),  # every v2 option off: the row the others change by one
     "v2_clean": ("mobius", {**OFF, "clean_labels": "relabel_bad"}, CLICK),
     "v2_downweight": ("mobius", {**OFF, "clean_labels": "downweight"}, CLICK),
     "v2_minus_bad": ("mobius", OFF, MINUS_BAD),
     "v2_id_dropout": ("mobius", {**OFF, "item_id_dropout": 0.3}, CLICK),
+    # Algorithm 1's whole-batch cross join at batch 512 (the large-batch recipe's control)
+    "v2_off_batch512": ("mobius", {**OFF, "cross_join_block": None}, CLICK,
+                        {"batch_size": 512, "lr": 0.003}),
     "v2": ("mobius", {"mode": "v2"}, {}),  # the shipped defaults (config.MOBIUS_RECIPES["v2"])
 }
 
 
-def train(name: str, data: Path, workdir: Path, args) -> Path:
-    kind, mob, model = RUNS[name]
+def train(name: str, data: Path, workdir: Path, args, choice: dict | None = None) -> Path:
+    kind, mob, model, *train_over = RUNS[name]
+    if choice is not None:  # the v2 row: the options chosen on validation, set explicitly
+        mob = {**mob, **{k: v for k, v in choice.items() if k != "retrieval"}}
+        model = {**model, "retrieval": choice["retrieval"]}
     run_dir = workdir / name
     if (run_dir / "report.json").is_file() and not args.retrain:
         return run_dir
@@ -59,6 +67,9 @@ def train(name: str, data: Path, workdir: Path, args) -> Path:
     if kind == "dssm":
         cfg = simulator_config(data, run_dir, **common)
     else:
+        common["train"].update({"batch_size": args.batch, "lr": args.lr,
+                                **(train_over[0] if train_over else {})})
+        mob = {"cross_join_block": args.block, **mob}
         cfg = mobius_simulator_config(data, run_dir, **common,
                                       objective={"name": "mobius", "mobius": mob})
         for k, v in model.items():
@@ -83,7 +94,7 @@ def variants(vec: dict, bid: torch.Tensor, tune: bool) -> dict[str, torch.Tensor
     r = vec["retrieval"]
     out = {"plain": r, "brw": r * bid[None, :]}
     if tune and vec["vectors"] == 3:
-        for a in (0.25, 0.5):
+        for a in (0.25, 0.5, 0.75):
             out[f"brw_alpha{a}"] = r * bid[None, :] ** a
         for n in (300, 1000):
             for floor in (1.0, float("inf")):
@@ -91,6 +102,46 @@ def variants(vec: dict, bid: torch.Tensor, tune: bool) -> dict[str, torch.Tensor
                     out[f"two_stage_n{n}_floor{floor}_alpha{a}"] = two_stage_scores(
                         vec["q"], vec["items"], bid, n, a, floor, vec["temperature"], first_stage=r)
     return out
+
+
+#: ablation row -> the v2 option (and value) it switches on, against v2_off
+ABLATION = {"v2_clean": ("clean_labels", "relabel_bad"), "v2_minus_bad": ("retrieval", "click_minus_bad"),
+            "v2_id_dropout": ("item_id_dropout", 0.3)}
+
+
+def objective_value(row: dict) -> tuple:
+    """What the v2 recipe is chosen for, in order: relevant@100 >= 0.9 (the bar), then CPM@100;
+    below the bar, relevant@100 first."""
+    ok = row["relevant@100"] >= 0.9
+    return (ok, row["cpm@100"] if ok else row["relevant@100"], row["cpm@100"])
+
+
+def choose_v2(runs: Path, held, bid) -> dict:
+    """The v2 defaults, from VALIDATION searches only: each option of ``ABLATION`` is switched on
+    when its row's best BRW variant (``pick``) beats v2_off's on ``objective_value``; brw_alpha
+    is the tempering of v2_off's chosen variant (1 = cos x bid, 0 = no weight)."""
+    def best(name: str) -> tuple[str, dict]:
+        vec = run_vectors(runs / name, held)
+        scores = {k: held.metrics(v.double().numpy(), KS) for k, v in
+                  variants(vec, bid, tune=True).items()}
+        key = max(scores, key=lambda k: objective_value(scores[k]))
+        return key, scores[key]
+
+    base_key, base = best("v2_off")
+    options = {"clean_labels": "none", "item_id_dropout": 0.0, "retrieval": "click"}
+    rows = {"v2_off": {"variant": base_key, **base}}
+    for name, (opt, value) in ABLATION.items():
+        if not (runs / name / "report.json").is_file():
+            continue
+        key, row = best(name)
+        rows[name] = {"variant": key, **row}
+        if objective_value(row) > objective_value(base):
+            options[opt] = value
+    alpha = {"plain": 0.0, "brw": 1.0}.get(base_key)
+    if alpha is None and base_key.startswith("brw_alpha"):
+        alpha = float(base_key[len("brw_alpha"):])
+    options["brw_alpha"] = 1.0 if alpha is None else alpha  # a two-stage pick keeps the paper's
+    return {"options": options, "valid_rows": rows, "v2_off_variant": base_key}
 
 
 def pick(valid: dict[str, dict]) -> str:
@@ -104,13 +155,16 @@ def pick(valid: dict[str, dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--impressions", type=int, default=500_000)
-    ap.add_argument("--ads", type=int, default=100_000)
+    ap.add_argument("--impressions", type=int, default=1_000_000)
+    ap.add_argument("--ads", type=int, default=50_000)
     ap.add_argument("--queries", type=int, default=20_000)
     ap.add_argument("--users", type=int, default=50_000)
     ap.add_argument("--advertisers", type=int, default=2_000)
     ap.add_argument("--holdout", type=float, default=0.02, help="share of searches in valid / test")
-    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=2048, help="MOBIUS rows per step")
+    ap.add_argument("--block", type=int, default=512, help="MOBIUS rows per cross join")
+    ap.add_argument("--lr", type=float, default=0.006, help="MOBIUS learning rate")
     ap.add_argument("--searches", type=int, default=400, help="held-out searches per split")
     ap.add_argument("--only", default=",".join(RUNS), help="runs to train (comma separated)")
     ap.add_argument("--train-only", action="store_true", help="train, skip the evaluation")
@@ -132,13 +186,23 @@ def main() -> None:
         print(f"simulated {args.impressions:,} impressions, {args.ads:,} ads in {sim_seconds:.0f}s")
     names = [n for n in args.only.split(",") if n]
     for name in names:
-        train(name, data, work / "runs", args)
+        if name != "v2":
+            train(name, data, work / "runs", args)
+    held = {s: HeldOut(data, args.searches, split=s) for s in ("valid", "test")}
+    bid = {s: torch.from_numpy(h.bid).float() for s, h in held.items()}
+    choice_path = work / "v2_choice.json"
+    if "v2" in names:
+        choice = choose_v2(work / "runs", held["valid"], bid["valid"])
+        atomic_write_text(choice_path, json.dumps(choice, indent=2))
+        print("v2 options chosen on validation:", json.dumps(choice), flush=True)
+        train("v2", data, work / "runs", args, choice=choice["options"])
     if args.train_only:
         return
 
-    held = {s: HeldOut(data, args.searches, split=s) for s in ("valid", "test")}
-    bid = {s: torch.from_numpy(h.bid).float() for s, h in held.items()}
     res: dict = {"simulator": sim.model_dump(), "simulate_seconds": sim_seconds, "ks": KS,
+                 "v2_choice": json.loads(choice_path.read_text()) if choice_path.is_file() else None,
+                 "mobius_training": {"batch_size": args.batch, "cross_join_block": args.block,
+                                     "lr": args.lr, "epochs": args.epochs},
                  "relevant_ads_per_search": float(held["test"].relevant.sum(1).mean()),
                  "valid": {}, "test": {}, "runs": {}, "brw_choice": {}}
     for split, h in held.items():

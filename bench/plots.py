@@ -73,6 +73,15 @@ def plot_mobius(res: dict, out_json: Path) -> list[Path]:
 
 
 def plot_serve_load(res: dict, out_json: Path) -> list[Path]:
+    made = []
+    if "configs" in res:  # several service configurations under the same load
+        cfgs = res["configs"]
+        made.append(plots.grouped_bars(
+            _png(out_json, "_configs"),
+            f"/retrieve, {res['items']:,} items, {res['clients']} clients: req/s by service config",
+            "req/s", list(cfgs),
+            {"steady": [c["steady"]["rps"] for c in cfgs.values()],
+             "hot swap": [c["hot_swap"]["rps"] for c in cfgs.values()]}))
     phases = {"steady": res["steady"], "hot swap": res["hot_swap"]}
     title = (f"Service on loopback: {res['items']:,}-item index, {res['clients']} clients\n"
              "(" + ", ".join(f"{n} {p['rps']:.0f} req/s" for n, p in phases.items()) + ")")
@@ -82,7 +91,15 @@ def plot_serve_load(res: dict, out_json: Path) -> list[Path]:
         series[f"client {q} (ms)"] = [p[f"{q}_ms"] for p in phases.values()]
         if scrape:
             series[f"/metrics {q} (ms)"] = [scrape["steady"][f"{q}_ms"], scrape["hot_swap"][f"{q}_ms"]]
-    return [plots.grouped_bars(_png(out_json), title, "latency (ms)", list(phases), series)]
+    return [plots.grouped_bars(_png(out_json), title, "latency (ms)", list(phases), series)] + made
+
+
+def plot_ddp_scaling(res: dict, out_json: Path) -> list[Path]:
+    runs = res["runs"]
+    return [plots.bars(_png(out_json), f"Training examples/s on {res['cpus']} cores, same global "
+                       f"batch {res['global_batch']}: threads vs data-parallel processes",
+                       "examples / s", {n: r["examples_per_s"] for n, r in runs.items()},
+                       baseline=res["baseline"])]
 
 
 def plot_zoo(res: dict, out_json: Path) -> list[Path]:
@@ -146,12 +163,23 @@ def plot_long_tail(res: dict, out_json: Path) -> list[Path]:
                                {n: [r[m] for m in metrics] for n, r in rows.items()})]
 
 
+def plot_mining_memory(res: dict, out_json: Path) -> list[Path]:
+    rows = res["rows"]
+    labels = {f"{r['items'] // 1000}k x {r['queries'] // 1000}k": r for r in rows}
+    return [plots.grouped_bars(_png(out_json), "EBR offline mining: peak memory above baseline "
+                               "(MB, log) vs the naive [queries, items] matrix", "MB",
+                               list(labels),
+                               {"chunked miner": [r["peak_above_baseline_mb"] for r in rows],
+                                "naive matrix": [r["naive_matrix_gb"] * 1000 for r in rows]},
+                               xlabel="items x queries", log=True)]
+
+
 PLOTTERS: dict[str, Callable[[dict, Path], list[Path]]] = {
-    "ml100k": plot_ml100k, "ml100k_cuda": plot_ml100k, "index": plot_index,
+    "ml100k": plot_ml100k, "ml100k_cuda": plot_ml100k, "index": plot_index, "ddp_scaling": plot_ddp_scaling,
     "index_16core": plot_index, "mobius": plot_mobius, "serve_load": plot_serve_load,
     "serve_load_metrics": plot_serve_load,
     "zoo": plot_zoo, "zoo_sequence": plot_zoo_sequence, "channels": plot_channels,
-    "long_tail": plot_long_tail,
+    "long_tail": plot_long_tail, "mining_memory": plot_mining_memory,
 }
 
 

@@ -19,6 +19,16 @@ def sim_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def funnel_sim_dir(tmp_path_factory) -> Path:
+    """The tiny log again, with its ranking-stage log (funnel.parquet) for DMTL / LDM tests."""
+    from twotower.data.simulator import SimulatorConfig, simulate
+
+    out = tmp_path_factory.mktemp("tiny_funnel_sim")
+    simulate(SimulatorConfig(**TINY_SIM, funnel_log=True), out)
+    return out
+
+
 def tiny_sections(**train) -> dict:
     """Small model and short training for the simulator preset."""
     return {

@@ -26,7 +26,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = [
     "errors", "progress", "types", "registry", "run", "config",
     "data", "features", "towers", "models", "objectives", "train", "runs", "recipes",
-    "mobius", "ebr", "index", "serve", "channels", "eval",
+    "mobius", "ebr", "consistency", "index", "serve", "channels", "eval",
     "presets", "intake", "scaffold", "pipeline", "comparison", "demo", "cli", "__main__",
 ]
 RANK = {name: i for i, name in enumerate(LAYERS)}

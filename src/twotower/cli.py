@@ -41,6 +41,8 @@ def _run(fn):
 def simulate(out_dir: Path = typer.Argument(..., help="folder to write the log into"),
              impressions: int = typer.Option(200_000, help="shown impressions"),
              seed: int = typer.Option(0),
+             funnel_log: bool = typer.Option(False, "--funnel-log", help="also write funnel.parquet "
+                                             "(the ranking stage: shown and auctioned-not-shown)"),
              config: Optional[Path] = typer.Option(None, help="YAML of SimulatorConfig fields")):
     """Simulate a sponsored-search impression log (Parquet) with its ground truth."""
     def go():
@@ -49,7 +51,7 @@ def simulate(out_dir: Path = typer.Argument(..., help="folder to write the log i
         from twotower.data.simulator import SimulatorConfig, simulate as sim
         from twotower.errors import ConfigError
 
-        fields = {"seed": seed, "n_impressions": impressions}
+        fields = {"seed": seed, "n_impressions": impressions, "funnel_log": funnel_log}
         if config is not None:
             if not config.is_file():
                 raise ConfigError(f"{config}: not found")
@@ -213,7 +215,13 @@ def index_cmd(args: List[str] = typer.Argument(..., metavar="RUN_DIR | add RUN_D
                                                           "item table, folded into the vectors"),
               backend: str = typer.Option("faiss", help="faiss (in process) or milvus"),
               uri: Optional[str] = typer.Option(None, help="milvus: a local .db file (milvus-lite, "
-                                                "default RUN/index/milvus.db) or http://host:19530")):
+                                                "default RUN/index/milvus.db) or http://host:19530"),
+              brw: str = typer.Option("fold", help="fold: cos x w as one MIPS; two-stage: ANN "
+                                      "top --brw-n by the model, then exact cos x w^alpha (MOBIUS v2)"),
+              brw_n: int = typer.Option(1000, help="two-stage: candidates reranked"),
+              brw_floor: Optional[float] = typer.Option(None, help="two-stage: candidates with "
+                                                        "p(bad)/p(click) above this rank last "
+                                                        "(retrieval: click_minus_bad)")):
     """Build an index of a run's items (a new version), or add / remove items."""
     def go():
         from twotower.errors import ConfigError
@@ -234,7 +242,8 @@ def index_cmd(args: List[str] = typer.Argument(..., metavar="RUN_DIR | add RUN_D
                 if not value:
                     raise ConfigError(f"--param {kv!r}: expected name=value")
                 params[name] = None if value.lower() == "auto" else int(value) if value.lstrip("-").isdigit() else value
-            vi = run_index.build_run_index(args[0], kind, params, weight_column, backend, uri)
+            vi = run_index.build_run_index(args[0], kind, params, weight_column, backend, uri,
+                                           brw, brw_n, brw_floor)
         m = vi.manifest
         typer.echo(json.dumps({"version": m["version"], "kind": m["kind"], "count": m["count"],
                                "params": m["params"], "recall": m.get("recall"),

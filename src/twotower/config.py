@@ -155,7 +155,12 @@ class MobiusObjectiveConfig(StrictModel):
         "uniform cross-join pairs; none: 2-class click/unclick only")
     ctr_temperature: float = Field(1.0, gt=0, description="sampling weight = ctr^(1/T): 1 = "
                                    "CTR-proportional, < 1 sharper, > 1 flatter")
-    max_bad_per_batch: int = Field(2048, gt=0, description="cap on bad cases per batch")
+    max_bad_per_batch: int = Field(2048, gt=0, description="cap on bad cases per cross join "
+                                   "(per block with cross_join_block)")
+    cross_join_block: int | None = Field(
+        None, gt=1, description="rows per cross join: the batch is cut into blocks of this many "
+        "rows, each cross joined in itself as a batch of that size would be (cost linear in the "
+        "batch, not quadratic); None: the whole batch (Algorithm 1)")
     bad_weight: float = Field(3.0, gt=0, description="loss weight of a bad case")
     warmup_steps: int = Field(20, ge=0, description="steps on impressions only before mining")
     warmup_epochs: int = Field(0, ge=0, description="epochs on impressions only before mining "
@@ -232,9 +237,59 @@ class HardNegativesConfig(StrictModel):
                                  "each other's queries (never mined); default eval.exclude_seen_by")
 
 
+class DMTLConfig(StrictModel):
+    """DMTL distillation (objective.name: dmtl; Zhao et al., Tencent 2021): a multi-task ranker
+    (teacher) trained on impressions, its CTR x engagement distilled into the two-tower."""
+
+    teacher: Path | None = Field(None, description="a trained teacher to load instead of training "
+                                 "one: a DMTL run folder (its teacher/) or a teacher folder")
+    engagement: str = Field("dwell", description="column of the engagement signal after a click")
+    engagement_kind: Literal["duration", "binary"] = Field(
+        "duration", description="duration: a time (debiased, squashed to [0, 1)); binary: 0/1 "
+        "(e.g. conversion)")
+    length_column: str | None = Field(None, description="item length column (e.g. page_length): "
+                                      "a duration is divided by the mean duration of its length "
+                                      "bucket, so long items do not win by length alone")
+    length_buckets: int = Field(10, ge=1, description="quantile buckets of the length column")
+    engagement_weight: float = Field(1.0, ge=0, description="teacher score = log p(click) + this "
+                                     "x log p(engagement)")
+    value_column: str | None = Field(None, description="item column multiplied into the teacher "
+                                     "score (an eCPM ranker's bid); read from data.items")
+    teacher_epochs: int = Field(2, gt=0)
+    teacher_lr: float = Field(3e-3, gt=0)
+    teacher_batch_size: int = Field(1024, gt=1)
+    teacher_hidden: list[int] = Field(default_factory=lambda: [64])
+    teacher_cross_dim: int = Field(32, gt=0)
+    temperature: float = Field(1.0, gt=0, description="of both soft-label distributions")
+    loss: Literal["listwise_ce", "kl"] = Field(
+        "listwise_ce", description="listwise_ce: cross-entropy to the teacher's distribution; kl: "
+        "KL(teacher || student) (same gradients, reported without the teacher's entropy)")
+    hard_weight: float = Field(0.5, ge=0, le=1, description="loss = hard_weight x log-Q in-batch "
+                               "softmax + (1 - hard_weight) x distillation")
+    candidates: int | None = Field(64, gt=1, description="in-batch candidates per row the teacher "
+                                   "scores (the row's own item and random others); None: all")
+
+
+class LDMConfig(StrictModel):
+    """Learning the ranker's order from the ranking-stage log (objective.name: ldm; Alibaba)."""
+
+    funnel: Path | None = Field(None, description="ranking-stage log (Parquet/CSV): one row per "
+                                "candidate the ranker scored, with request, item id and shown")
+    request: str = Field("search_id", description="request column (in the funnel and train log)")
+    shown: str = Field("shown", description="boolean column: shown (positive) or auctioned but "
+                       "not shown (negative of its request)")
+    requests_per_batch: int = Field(64, gt=0, description="funnel requests per training step")
+    random_weight: float = Field(1.0, ge=0, description="loss = request softmax (ranker head) + "
+                                 "this x log-Q in-batch softmax over clicks (random-negative head)")
+    retrieval: Literal["ranker", "random", "mix"] = Field(
+        "mix", description="head that retrieves (recorded in the contract, used by index/serve)")
+    mix: float = Field(0.5, ge=0, le=1, description="mix: score = mix x ranker head + (1 - mix) x "
+                       "random head")
+
+
 class ObjectiveConfig(StrictModel):
     name: Literal["in_batch_softmax", "mixed_negatives", "full_softmax", "pointwise_bce", "mobius",
-                  "hard_negatives"] = "in_batch_softmax"
+                  "hard_negatives", "dmtl", "ldm"] = "in_batch_softmax"
     temperature: float = Field(0.05, gt=0, description="logits = similarity / temperature (the "
                                "model returns similarities; serving records it in the contract)")
     logq_correction: bool = True
@@ -248,6 +303,8 @@ class ObjectiveConfig(StrictModel):
     estimator: FrequencyEstimatorConfig = Field(default_factory=FrequencyEstimatorConfig)
     mobius: MobiusObjectiveConfig = Field(default_factory=MobiusObjectiveConfig)
     hard_negatives: HardNegativesConfig = Field(default_factory=HardNegativesConfig)
+    dmtl: DMTLConfig = Field(default_factory=DMTLConfig)
+    ldm: LDMConfig = Field(default_factory=LDMConfig)
     ssl: SSLConfig | None = Field(None, description="add the SSL contrastive loss over "
                                   "feature-masked views of corpus items (any objective)")
 
@@ -422,6 +479,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         p = getattr(cfg.data, key)
         if p is not None and not p.is_absolute() and not p.exists() and (base / p).exists():
             setattr(cfg.data, key, base / p)
+    for section, key in ((cfg.objective.ldm, "funnel"), (cfg.objective.dmtl, "teacher")):
+        p = getattr(section, key)
+        if p is not None and not p.is_absolute() and not p.exists() and (base / p).exists():
+            setattr(section, key, base / p)
     return cfg
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+import twotower.consistency  # noqa: F401  (registers the DMTL and LDM recipes)
 import twotower.ebr  # noqa: F401  (registers the hard-negatives recipe)
 import twotower.mobius  # noqa: F401  (registers the MOBIUS recipe)
 from twotower.config import RunConfig
@@ -68,7 +69,8 @@ def train_run(cfg: RunConfig | None = None, resume_dir: str | Path | None = None
         return _train(cfg, run, FeatureSet.load(run.features), True, stream)
     if cfg is None:
         raise ConfigError("train_run needs a config, or a run folder to resume")
-    recipe_for(cfg).check(cfg)
+    recipe = recipe_for(cfg)
+    recipe.check(cfg)
     world = current_world()
     if world.distributed:
         check_config(cfg)
@@ -76,7 +78,7 @@ def train_run(cfg: RunConfig | None = None, resume_dir: str | Path | None = None
         world.barrier()
         run = RunDir(cfg.resolved_run_dir)
         return _train(cfg, run, FeatureSet.load(run.features), False, stream)
-    started = start_run(cfg, overwrite)
+    started = start_run(cfg, overwrite, recipe.columns(cfg))
     world.barrier()
     return started.finish(lambda: _train(cfg, started.run, started.features, False, stream))
 
@@ -89,9 +91,10 @@ def _train(cfg: RunConfig, run: RunDir, features: FeatureSet, resumed: bool,
     corpus = data.corpus()
     schema = feature_schema(features, cfg.model.embedding_dim)
     seed_everything(cfg.train.seed)  # initial weights depend on train.seed only
-    model = build_model(cfg.model, schema)
+    model = recipe.build_model(cfg, schema)
     prepared = recipe.prepare(cfg, data, corpus, stream)
     recipe.bind(prepared, model)
+    recipe.begin(prepared, run, resumed)
     if cfg.objective.ssl is not None:  # SSL is multi-task with whatever the objective trains
         prepared.task = SelfSupervisedTask(prepared.task, corpus.features, cfg.objective.ssl,
                                            cfg.train.seed)

@@ -18,8 +18,11 @@ from torch import nn
 from twotower.config import RunConfig
 from twotower.errors import ConfigError
 from twotower.features.dataset import EncodedLog, ItemCorpus
+from twotower.models import build_model
 from twotower.objectives.tasks import TASKS, build_task
+from twotower.run import RunDir
 from twotower.runs import RunData
+from twotower.towers.embedding import FeatureSchema
 
 
 @dataclass
@@ -40,11 +43,25 @@ class Recipe:
     def check(self, cfg: RunConfig) -> None:
         """Refuse a config this objective cannot train, before anything is written."""
 
+    def columns(self, cfg: RunConfig) -> dict[str, str]:
+        """Log columns the recipe reads besides the features -> the config field naming each
+        (checked with the other inputs, before the run folder exists)."""
+        return {}
+
+    def build_model(self, cfg: RunConfig, schema: FeatureSchema) -> nn.Module:
+        """The model trained (and saved) for ``cfg.model``; a recipe may wrap it (LDM's two
+        heads), as a registered model so that ``load_run`` rebuilds the same thing."""
+        return build_model(cfg.model, schema)
+
     def prepare(self, cfg: RunConfig, data: RunData, corpus: ItemCorpus, stream: bool) -> Prepared:
         raise NotImplementedError
 
     def bind(self, prepared: Prepared, model: nn.Module) -> None:
         """Hand the model to a batch source that needs it (e.g. to mine with it); default none."""
+
+    def begin(self, prepared: Prepared, run: RunDir, resumed: bool) -> None:
+        """Once the run folder exists, before the Trainer starts: train or load what the task
+        needs besides the model (DMTL's teacher) and write it into the run folder."""
 
     def contract(self, cfg: RunConfig) -> dict:
         """Fields the run adds to its similarity contract (what serving must apply)."""

@@ -164,3 +164,20 @@ def test_serve_needs_a_run_or_channels():
 
     r = CliRunner().invoke(app, ["serve"])
     assert r.exit_code == 1 and "--channels" in r.output and "Traceback" not in r.output
+
+
+def test_math_threads_sets_torch_and_faiss_pools(tmp_path):
+    import faiss
+    import torch
+
+    before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    cfg = config(tmp_path, ["a"])
+    cfg.service.math_threads = 1
+    try:
+        svc = ChannelService(cfg, {"a": Fake("a", [1, 2])})
+        assert torch.get_num_threads() == 1 and faiss.omp_get_max_threads() == 1
+        assert svc.retrieve([{"user_id": 1}], 2)["results"][0]["ids"] == [1, 2]
+        svc.close()
+    finally:
+        torch.set_num_threads(before[0])
+        faiss.omp_set_num_threads(before[1])

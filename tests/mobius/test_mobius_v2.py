@@ -190,3 +190,29 @@ def test_v2_run_end_to_end(sim):
     exact = (q @ (raw / np.linalg.norm(raw, axis=1, keepdims=True)).T) * w[None, :]
     assert np.allclose(scores, -np.sort(-exact, axis=1)[:, :5], atol=1e-4)
 
+    # two-stage BRW as an index path: ANN top N by the model, then cos(click) x bid^0.5 with the
+    # p(bad)/p(click) <= 1 floor first; recorded in the manifest, kept by save / load
+    from twotower.index.ann import load_index
+
+    vi2 = build_run_index(run.run_dir, "flat", brw="two-stage", brw_n=20, brw_floor=1.0)
+    st = vi2.manifest["two_stage"]
+    assert st == {"n": 20, "alpha": 0.5, "floor": 1.0, "temperature": contract["temperature"],
+                  "halves": True} and vi2.manifest["dim"] == 33
+    loaded = load_index(run.run_dir)
+    assert loaded.manifest["two_stage"] == st
+    qs = np.hstack([raw[:4, :16], -raw[:4, 16:]])  # [c, -b] query-like vectors
+    qs = (qs / np.linalg.norm(qs, axis=1, keepdims=True)).astype(np.float32)
+    s2, l2 = loaded.search(qs, 5)
+    x = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    first = np.argsort(-(qs @ x.T), axis=1)[:, :20]
+    unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)  # noqa: E731
+    for r in range(4):
+        c = unit(raw[first[r], :16]) @ unit(qs[r, :16])
+        b = unit(raw[first[r], 16:]) @ unit(-qs[r, 16:])
+        key = c * w[first[r]]
+        passes = (b - c) / st["temperature"] <= 0.0
+        order = sorted(range(20), key=lambda j: (not passes[j], -key[j]))[:5]
+        assert [int(v) for v in l2[r]] == [int(first[r][j]) for j in order]
+        assert np.allclose(s2[r], key[order], atol=1e-4)
+    with pytest.raises(ConfigError, match="kind 'ivf-pq'"):
+        build_run_index(run.run_dir, "ivf-pq", brw="two-stage")

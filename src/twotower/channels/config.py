@@ -6,6 +6,7 @@
       - {name: itemcf, kind: itemcf, log: data/interactions.parquet, history_field: history}
       - {name: popular, kind: popularity, log: data/interactions.parquet, half_life_days: 30}
       - {name: lexical, kind: bm25, items: data/ads.parquet, text: [ad_title], query_field: query_text}
+      - {name: paths, kind: pdn, run: runs/pdn, neighbours: 200}
     merge: {n: 100, fetch_k: 200, calibration: rrf, quota: none}
 
 Relative paths are resolved against the YAML file's folder. An invalid file raises one
@@ -115,9 +116,18 @@ class BM25Channel(ChannelBase):
     b: float = Field(0.75, ge=0.0, le=1.0)
 
 
+class PDNChannel(ChannelBase):
+    """PDN's trigger paths (Li et al., SIGIR 2021): a PDN run served through its SimilarityNet
+    item-to-item table, every path user -> trigger (a history item) -> item summed per item."""
+
+    kind: Literal["pdn"]
+    run: Path
+    neighbours: int = Field(200, ge=1, description="SimilarityNet neighbours kept per trigger item")
+
+
 ChannelConfig = Annotated[Union[RunChannel, ItemCFChannel, EmbeddingI2IChannel, PopularityChannel,
-                                BM25Channel], Field(discriminator="kind")]
-KINDS = ("run", "itemcf", "i2i", "popularity", "bm25")
+                                BM25Channel, PDNChannel], Field(discriminator="kind")]
+KINDS = ("run", "itemcf", "i2i", "popularity", "bm25", "pdn")
 
 
 class MergeConfig(_Strict):
@@ -141,6 +151,10 @@ class ServiceConfig(_Strict):
     budget_ms: float = Field(1000.0, gt=0.0, description="latency budget: channels still running "
                              "then are reported as timed out and the rest answer")
     workers: Optional[int] = Field(None, ge=1, description="threads running channels (default: one each)")
+    math_threads: Optional[int] = Field(None, ge=1, description="threads of each channel's "
+                                        "torch / FAISS work (process-wide; default: as they are). "
+                                        "1: the channels' own concurrency uses the cores instead "
+                                        "of every channel's thread pool fighting for them")
 
 
 class Bandit(str, Enum):
@@ -235,7 +249,7 @@ def _where(loc: tuple, raw: Any) -> str:
 
 def _fields_of(kind: Any) -> list[str]:
     models = {"run": RunChannel, "itemcf": ItemCFChannel, "i2i": EmbeddingI2IChannel,
-              "popularity": PopularityChannel, "bm25": BM25Channel}
+              "popularity": PopularityChannel, "bm25": BM25Channel, "pdn": PDNChannel}
     return list(models[kind].model_fields) if kind in models else []
 
 

@@ -8,6 +8,8 @@ and their scores as a float array).
   Sarwar et al., WWW 2001; Breese et al., UAI 1998), keyed by the request's recent items.
 * ``EmbeddingI2IChannel``: item-to-item by cosine of a run's item vectors, same keys.
 * ``PopularityChannel``: most interacted items, counts decayed by age when a half-life is set.
+* ``PDNChannel``: PDN's trigger paths (Li et al., SIGIR 2021): a PDN run's TriggerNet weights its
+  history items, its SimilarityNet table (built) gives their neighbours, paths to an item summed.
 * ``BM25Channel``: lexical BM25 (Robertson & Zaragoza, 2009) of the request's text over item text,
   a sparse term matrix (scipy.sparse): one sparse product per batch, no loop per document.
 
@@ -440,7 +442,96 @@ class BM25Channel:
         return _results(self.items, cols, vals)
 
 
-BUILDERS = {"itemcf": build_itemcf, "popularity": build_popularity, "bm25": build_bm25}
+# ------------------------------------------------------------------ PDN trigger paths
+def _open_pdn_run(cfg):
+    from twotower.models.pdn import PDN
+    from twotower.runs import load_run
+
+    try:
+        trained = load_run(cfg.run)
+    except (ArtifactError, DataError) as err:
+        raise type(err)(f"channel {cfg.name!r}: {err}") from None
+    if not isinstance(trained.model, PDN):
+        from twotower.errors import ConfigError
+
+        raise ConfigError(f"channel {cfg.name!r}: kind pdn needs a PDN run; {cfg.run} holds a "
+                          f"{trained.model.registered_name!r} model")
+    return trained
+
+
+def build_pdn(cfg, folder: Path) -> dict:
+    """PDN's SimilarityNet table: the ``neighbours`` best items s_jk of every corpus item j
+    (``serve.paths.item_to_item_table``), stored with each corpus row's encoded item index."""
+    import torch
+
+    from twotower.index.export import encode_corpus
+    from twotower.serve.paths import item_to_item_table
+
+    trained = _open_pdn_run(cfg)
+    corpus = trained.corpus()
+    if len(corpus) < 2:
+        raise DataError(f"channel {cfg.name!r}: the run's corpus has {len(corpus)} item(s); "
+                        "trigger paths need at least 2")
+    index = torch.as_tensor(corpus.index)
+    pos, score = item_to_item_table(trained.model, index, encode_corpus(trained.model, corpus),
+                                    cfg.neighbours)
+    _save_table(folder, {"neighbours": pos.numpy().astype(np.int64),
+                         "similarity": score.numpy().astype(np.float32),
+                         "item_index": corpus.index.astype(np.int64)}, corpus.ids)
+    return {"items": len(corpus), "neighbours": int(pos.shape[1])}
+
+
+class PDNChannel:
+    """PDN's trigger paths: each request's history items are its triggers; TriggerNet gives their
+    weights, the built SimilarityNet table their neighbours, and the paths reaching the same item
+    are summed (log-sum-exp, ``serve.paths.path_retrieve``): one score per item, so two triggers
+    pointing at an item count for more than either alone (the generic index keeps the best one)."""
+
+    def __init__(self, cfg, folder: Path):
+        import torch
+
+        from twotower.features.encoders import OOV, PAD
+        from twotower.serve.retriever import RequestEncoder
+
+        trained = _open_pdn_run(cfg)
+        a, ids = _load_table(folder, cfg.name)
+        if len(a.get("neighbours", ())) != len(ids):
+            raise ArtifactError(f"channel {cfg.name!r}: {folder} is not a PDN table — run "
+                                "`twotower channels build CONFIG.yaml`")
+        self.name, self.items, self.model = cfg.name, ItemIds(ids), trained.model
+        self.table = (torch.from_numpy(a["neighbours"]), torch.from_numpy(a["similarity"]))
+        index = a["item_index"]
+        # encoded item index -> corpus row (first row wins); padding / OOV are never triggers
+        uniq, first = np.unique(index, return_index=True)
+        self.corpus_pos = np.full(int(uniq[-1]) + 1, -1, dtype=np.int64)
+        self.corpus_pos[uniq] = first
+        self.corpus_pos[[p for p in (PAD, OOV) if p < len(self.corpus_pos)]] = -1
+        self.encoder = RequestEncoder(trained.features)
+        self.fields = tuple(self.encoder.query_columns)
+
+    def retrieve(self, requests, k, exclude=None):
+        from twotower.serve.paths import path_retrieve
+
+        n = len(requests)
+        cols = set(self.fields)
+        feats = self.encoder.tensors([{f: v for f, v in r.items() if f in cols} for r in requests])
+        ex = _exclude_positions(self.items, exclude, n)
+        extra = max((int((e >= 0).sum()) for e in ex), default=0) if ex else 0
+        scores, pos = path_retrieve(self.model, feats, self.table, self.corpus_pos,
+                                    len(self.items), k + extra)
+        scores, pos = scores.numpy().astype(np.float64), pos.numpy()
+        out_cols, out_vals = [], []
+        for r in range(n):
+            keep = (pos[r] >= 0) & np.isfinite(scores[r])  # items no path reaches are dropped
+            if ex and len(ex[r]):
+                keep &= ~np.isin(pos[r], ex[r])
+            out_cols.append(pos[r][keep][:k])
+            out_vals.append(scores[r][keep][:k])
+        return _results(self.items, out_cols, out_vals)
+
+
+BUILDERS = {"itemcf": build_itemcf, "popularity": build_popularity, "bm25": build_bm25,
+            "pdn": build_pdn}
 
 
 def open_channel(cfg, folder: Path) -> Channel:
@@ -449,4 +540,5 @@ def open_channel(cfg, folder: Path) -> Channel:
         return RunChannel(cfg.name, cfg.run, cfg.index_version)
     if cfg.kind == "i2i":
         return EmbeddingI2IChannel(cfg)
-    return {"itemcf": ItemCFChannel, "popularity": PopularityChannel, "bm25": BM25Channel}[cfg.kind](cfg, folder)
+    return {"itemcf": ItemCFChannel, "popularity": PopularityChannel, "bm25": BM25Channel,
+            "pdn": PDNChannel}[cfg.kind](cfg, folder)

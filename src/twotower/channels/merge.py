@@ -205,14 +205,13 @@ class Merger:
                    {c.name: cfg.fetch_k(c) for c in cfg.channels},
                    {c.name: c.quota or 0 for c in cfg.channels}, isotonic or {}, popularity)
 
-    def _ties(self, ids: list) -> np.ndarray:
-        """Seeded hash of each id (cached: a catalogue's ids repeat across requests)."""
+    def _ties(self, keys: list[str]) -> np.ndarray:
+        """Seeded hash of each id key (cached: a catalogue's ids repeat across requests)."""
         from twotower.features.hashing import hash_strings
 
         cache = self.__dict__.setdefault("_tie_cache", {})
         if len(cache) > 1_000_000:  # bounded memory on an open-ended id space
             cache.clear()
-        keys = [str(x) for x in ids]
         new = [k for k in keys if k not in cache]
         if new:
             cache.update(zip(new, hash_strings(new, salt=self.cfg.seed).tolist()))
@@ -257,8 +256,13 @@ class Merger:
             return {"ids": [], "scores": [], "channels": []}
         ch_idx, ranks = np.concatenate(ch_idx), np.concatenate(ranks)
         raws, cals = np.concatenate(raws), np.concatenate(cals)
-        keys = np.array([str(x) for x in ids])
-        uniq, first, inv = np.unique(keys, return_index=True, return_inverse=True)
+        # dedup by the id's text (12 and "12" are one item): codes in order of first appearance,
+        # one dict pass (sorting the strings cost more than the rest of the merge)
+        keys = [str(x) for x in ids]
+        uniq = list(dict.fromkeys(keys))
+        code = {k: i for i, k in enumerate(uniq)}
+        inv = np.array([code[k] for k in keys], dtype=np.int64)
+        first = np.unique(inv, return_index=True)[1]
         w = np.array([weights.get(name, 0.0) for name in live])
         contrib = w[ch_idx] * cals
         if self.cfg.fusion == Fusion.SUM:
@@ -270,7 +274,7 @@ class Merger:
         if self.cfg.debias_alpha > 0 and self.popularity is not None:
             shrink = (1.0 + self.popularity(u_ids)) ** self.cfg.debias_alpha
             fused = np.where(fused > 0, fused / shrink, fused * shrink)
-        tie = self._ties(u_ids)
+        tie = self._ties(uniq)
         order = np.lexsort((tie, -fused))
         if self.cfg.quota == Quota.NONE:
             chosen = order[:n]

@@ -79,6 +79,20 @@ def _ensure_index(ch) -> dict:
         return {"index_version": vi.version, "built_index": "flat"}
 
 
+def set_math_threads(n: int) -> None:
+    """Threads of torch's and FAISS's parallel kernels (process-wide). A one-query search is
+    microseconds of arithmetic; waking a pool of threads per channel costs more than it saves
+    when several channels already run at once."""
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        import faiss
+    except ImportError:  # FAISS is optional for channels without an index
+        return
+    faiss.omp_set_num_threads(n)
+
+
 @dataclass
 class _Counts:
     """What ``/health`` and ``/metrics`` read as the service's index: the items the largest
@@ -102,6 +116,8 @@ class ChannelService:
         if missing:
             raise ArtifactError(f"no channel object for {', '.join(missing)}")
         self.channels = channels
+        if self.cfg.service.math_threads is not None:
+            set_math_threads(self.cfg.service.math_threads)
         iso_names = [c.name for c in self.cfg.channels
                      if self.cfg.calibration_of(c) == Calibration.ISOTONIC]
         iso = fit_isotonic_log(self.cfg.merge.isotonic_log, iso_names) if iso_names else {}

@@ -108,8 +108,9 @@ def bars(path: str | Path, title: str, ylabel: str, values: Mapping[str, float],
 
 
 def grouped_bars(path: str | Path, title: str, ylabel: str, groups: Sequence[str],
-                 series: Mapping[str, Sequence[float]], xlabel: str = "") -> Path:
-    """Side-by-side bars: one bar per series in every group (e.g. popularity decile)."""
+                 series: Mapping[str, Sequence[float]], xlabel: str = "", log: bool = False) -> Path:
+    """Side-by-side bars: one bar per series in every group (e.g. popularity decile); ``log``
+    draws the y axis on a log scale (values spanning orders of magnitude)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(min(11.0, max(7.0, 0.3 * len(groups) * len(series) + 2)), 4.2))
     width = 0.8 / max(len(series), 1)
@@ -120,6 +121,8 @@ def grouped_bars(path: str | Path, title: str, ylabel: str, groups: Sequence[str
     ax.set_xticklabels(list(groups), rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_xlabel(xlabel)
+    if log:
+        ax.set_yscale("log")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)

@@ -295,8 +295,8 @@ def mobius_section(run: _Run, out: Path, max_searches: int) -> Section | None:
     if steps:
         xs = [r["step"] for r in steps]
         series = {"bad cases sampled": (xs, [r["bad_cases"] for r in steps])}
-        if all("low_relevance" in r for r in steps):
-            series["low-relevance pairs (candidates)"] = (xs, [r["low_relevance"] for r in steps])
+        if all("scored" in r for r in steps):
+            series["pairs the teacher scored"] = (xs, [r["scored"] for r in steps])
         if all("pairs" in r for r in steps):
             series["cross-join pairs"] = (xs, [r["pairs"] for r in steps])
         plots.curves(out / "mobius_bad_cases.png", "Bad-case mining per logged step", "step",

@@ -44,6 +44,19 @@ class HeldOut:
         self.relevant = self.relevance >= self.truth.relevance_threshold
         ctr = self.truth.ctr_matrix(self.users, self.queries, self.ad_ids)
         self.cpm = ctr * self.bid[None, :] * self.relevant  # [R, A], irrelevant earn nothing
+        self._ideal_order: np.ndarray | None = None
+        self._ideal_k = 0
+
+    def ideal_order(self, k: int) -> np.ndarray:
+        """[R, k] the top-k relevant ads of each search by true CTR x bid, computed once per k
+        (a full sort of [R, A]; every contender's metrics reuse it)."""
+        if self._ideal_order is None or self._ideal_k < k:
+            v = np.where(self.relevant, self.cpm, -1.0)
+            part = np.argpartition(-v, min(k, v.shape[1] - 1), axis=1)[:, :k]
+            rows = np.arange(len(v))[:, None]
+            self._ideal_order = part[rows, np.argsort(-v[rows, part], axis=1, kind="stable")]
+            self._ideal_k = k
+        return self._ideal_order[:, :k]
 
     def metrics(self, scores: np.ndarray, ks: list[int]) -> dict[str, float]:
         """``scores`` [R, A] (columns in ``ad_ids`` order) -> relevant@K, CPM@K, ideal-recall@K."""
@@ -51,7 +64,7 @@ class HeldOut:
         s = torch.from_numpy(np.asarray(scores, dtype=np.float64))
         kmax = max(ks)
         top = s.topk(kmax, dim=1).indices.numpy()
-        ideal_order = np.argsort(-np.where(self.relevant, self.cpm, -1.0), axis=1)[:, :kmax]
+        ideal_order = self.ideal_order(kmax)
         n_rel = self.relevant.sum(1)
         rows = np.arange(len(s))[:, None]
         for k in ks:

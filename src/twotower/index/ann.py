@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from twotower.errors import ArtifactError, ConfigError, DataError
 from twotower.index.manifest import (KINDS, check_faiss_structure, check_version_name,
                                      validate_build_params, validate_manifest)
+from twotower.index import two_stage
 from twotower.index.weights import check_business_weights, fold_weights
 from twotower.progress import chunk_starts
 from twotower.run import (RunDir, atomic_write_dir, atomic_write_text, read_json_artifact,
@@ -163,13 +164,33 @@ class VectorIndex:
         return self.manifest.get("backend") == "milvus"
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores [Q, K], labels [Q, K]); label -1 = no result (fewer than K items).
+        """(scores [Q, K], labels [Q, K]); label -1 = no result (fewer than K items). An index
+        built with two-stage BRW (manifest ``two_stage``) reranks the ANN's top N
+        (``index.two_stage``); otherwise this is ``ann_search``."""
+        st = self.manifest.get("two_stage")
+        if not st:
+            return self.ann_search(queries, k)
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        k = max(1, min(int(k), self.count))
+        _, labels = self.ann_search(q, max(k, st["n"]))
+        if labels.size and (labels >= 0).any():
+            safe = np.where(labels < 0, labels.max(), labels)
+            cand = self.index.reconstruct_batch(safe.reshape(-1)).reshape(*labels.shape, -1)
+        else:
+            cand = np.zeros((*labels.shape, self.manifest["dim"]), np.float32)
+        return two_stage.rerank(q, labels, cand, k, st)
+
+    def ann_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores [Q, K], labels [Q, K]) of the ANN by inner product over the stored vectors
+        (queries of a two-stage index get 0 at its weight coordinate).
 
         ``flat`` answers batches with twotower's pruned exact scan over FAISS's own storage (same
         result as ``IndexFlatIP``, several times its queries/s on large batches; bench/index.py
         measures both); a few queries are bound by reading the corpus, where FAISS's SIMD scan is
         faster."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.manifest.get("two_stage") and q.shape[1] == self.manifest["dim"] - 1:
+            q = two_stage.pad_queries(q)
         k = max(1, min(int(k), self.count))
         if self.kind == "flat" and not self.is_milvus and self.count and \
                 len(q) >= EXACT_SCAN_MIN_QUERIES:
@@ -240,27 +261,42 @@ def build_index(vectors: np.ndarray, ids: pa.Array | np.ndarray | list, kind: st
                 params: dict | None = None, weights: np.ndarray | None = None,
                 normalize: bool = False, contract: dict | None = None,
                 weight_column: str | None = None, check_recall: bool = True,
-                recall_queries: np.ndarray | None = None) -> VectorIndex:
+                recall_queries: np.ndarray | None = None,
+                two_stage_settings: dict | None = None) -> VectorIndex:
     """Index ``vectors`` [N, D] under raw ``ids`` (any type), BRW ``weights`` [N] folded in.
 
     ``normalize``: L2-normalise the vectors first (cosine contracts); with ``weights`` the
     index then ranks by ``cos(q, x) * w`` under plain inner product. ``kind="auto"``: exact up
     to ``recall.EXACT_MAX_ITEMS`` items, IVF above. ``check_recall``: measure recall@100 against
     exact search on ``recall_queries`` (default: a sample of the items) into ``manifest["recall"]``.
+    ``two_stage_settings`` (``index.two_stage``): store the weights beside the vectors and rerank
+    the ANN's top N at search time instead of folding them in (the recall is the ANN's).
     """
     from twotower.index.recall import recall_report
 
     vectors, ids, kind, chosen, p = prepare_build(vectors, ids, kind, params, weights, weight_column)
     n, dim = vectors.shape
-    x = fold_weights(vectors, weights, normalize)
+    if two_stage_settings is not None:
+        if weights is None:
+            raise ConfigError("two-stage BRW needs business weights (the contract's brw_weight "
+                              "or --weight-column)")
+        x = two_stage.stored_vectors(vectors, weights, normalize)
+        dim = x.shape[1]
+        p = resolve_params(kind, n, dim, params)
+    else:
+        x = fold_weights(vectors, weights, normalize)
     t0 = time.perf_counter()
     index = _new_faiss_index(kind, p, dim, x)
     add_in_chunks(index, x, np.arange(n, dtype=np.int64), f"index build ({kind})")
     manifest = build_manifest(kind, p, dim, normalize, weight_column, n, contract,
                               time.perf_counter() - t0, chosen)
+    if two_stage_settings is not None:
+        manifest["two_stage"] = two_stage_settings
+        if recall_queries is not None and recall_queries.shape[1] == dim - 1:
+            recall_queries = two_stage.pad_queries(np.asarray(recall_queries, np.float32))
     vi = VectorIndex(index, ids, manifest)
     if check_recall:
-        manifest["recall"] = recall_report(vi.search, x, recall_queries)
+        manifest["recall"] = recall_report(vi.ann_search, x, recall_queries)
     return vi
 
 
@@ -487,7 +523,12 @@ def add_items(vi: VectorIndex, vectors: np.ndarray, ids: pa.Array | list,
         check_business_weights(weights, ids, vi.manifest.get("weight_column"), allow_all_zero=True)
     base = remove_items(vi, ids.filter(pa.array(existing >= 0))) if (existing >= 0).any() else \
         _copy(vi)
-    x = fold_weights(vectors, weights, base.manifest["normalized"])
+    if base.manifest.get("two_stage"):
+        if weights is None:
+            raise DataError("a two-stage BRW index needs the business weight of new items")
+        x = two_stage.stored_vectors(vectors, weights, base.manifest["normalized"])
+    else:
+        x = fold_weights(vectors, weights, base.manifest["normalized"])
     if x.shape[1] != base.manifest["dim"]:
         raise DataError(f"new item vectors have dim {x.shape[1]}, the index {base.manifest['dim']}")
     start = base.manifest["next_label"]

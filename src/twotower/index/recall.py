@@ -81,5 +81,5 @@ def stored_recall(vi, n_queries: int = RECALL_QUERIES) -> dict | None:
     if vi.count == 0:
         return None
     labels, vecs = vi.reconstruct_alive()
-    return recall_report(vi.search, np.asarray(vecs, dtype=np.float32), None, n_queries=n_queries,
+    return recall_report(vi.ann_search, np.asarray(vecs, dtype=np.float32), None, n_queries=n_queries,
                          labels=labels, truth="the stored (decoded) vectors")

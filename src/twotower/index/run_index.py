@@ -17,6 +17,7 @@ from twotower.errors import ArtifactError, ConfigError, DataError
 from twotower.features.dataset import as_tensors
 from twotower.index.ann import (VectorIndex, add_items, build_index, load_index, remove_items,
                                 save_index)
+from twotower.index import two_stage
 from twotower.index.export import read_vectors
 from twotower.index.weights import lookup_weights
 from twotower.progress import chunk_starts
@@ -42,7 +43,8 @@ def _tempered(contract: dict, weights: np.ndarray) -> np.ndarray:
 
 def build_run_index(run_dir: str | Path, kind: str = "auto", params: dict | None = None,
                     weight_column: str | None = None, backend: str = "faiss",
-                    uri: str | None = None) -> VectorIndex:
+                    uri: str | None = None, brw: str = "fold", brw_n: int = 1000,
+                    brw_floor: float | None = None) -> VectorIndex:
     """Index the run's exported item vectors and save it as a new CURRENT version, with the
     contract's business weight (or ``weight_column``) folded in.
 
@@ -51,7 +53,15 @@ def build_run_index(run_dir: str | Path, kind: str = "auto", params: dict | None
     (or a sample of items) is measured and kept in the manifest.
 
     ``backend="milvus"``: the vectors go to a Milvus collection at ``uri`` (default: milvus-lite
-    in ``RUN/index/milvus.db``; a server: ``http://host:19530``), see index/milvus.py."""
+    in ``RUN/index/milvus.db``; a server: ``http://host:19530``), see index/milvus.py.
+
+    ``brw="two-stage"`` (MOBIUS v2, ``index.two_stage``; FAISS): keep the weights beside the
+    vectors and rank the ANN's top ``brw_n`` by cos x w^alpha at search time, the candidates whose
+    p(bad) / p(click) exceeds ``brw_floor`` last; recorded in the manifest (``two_stage``)."""
+    if brw not in ("fold", "two-stage"):
+        raise ConfigError(f"--brw {brw!r}: expected fold or two-stage")
+    if brw == "two-stage" and backend != "faiss":
+        raise ConfigError("--brw two-stage reranks FAISS candidates; use --backend faiss")
     if backend not in ("faiss", "milvus"):
         raise ConfigError(f"index backend {backend!r} is not one of faiss, milvus")
     if uri and backend != "milvus":
@@ -81,8 +91,18 @@ def build_run_index(run_dir: str | Path, kind: str = "auto", params: dict | None
         vi = build_milvus_index(vecs, ids, kind, params, weights, normalize, contract, col, uri,
                                 alias_for(run_dir), recall_queries=_exported_queries(run))
     else:
+        settings = None
+        if brw == "two-stage":
+            if weights is None:
+                raise ConfigError("--brw two-stage needs a business weight: the run's contract has "
+                                  "no brw_weight; pass --weight-column")
+            from twotower.index.recall import default_kind
+
+            settings = two_stage.two_stage_settings(
+                contract, default_kind(len(vecs)) if kind == "auto" else kind, brw_n, brw_floor)
         vi = build_index(vecs, ids, kind, params, weights, normalize=normalize, contract=contract,
-                         weight_column=col, recall_queries=_exported_queries(run))
+                         weight_column=col, recall_queries=_exported_queries(run),
+                         two_stage_settings=settings)
     save_index(vi, run_dir)
     return vi
 

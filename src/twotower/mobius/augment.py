@@ -18,10 +18,24 @@ def _row_codes(features: Features) -> torch.Tensor:
     return torch.cat(cols, dim=1)
 
 
+#: odd 64-bit multipliers of the row hash (fixed: the grouping must not depend on a global seed)
+_HASH = torch.randint(-(1 << 62), 1 << 62, (4096,), generator=torch.Generator().manual_seed(17)) | 1
+
+
 def dedup_rows(features: Features) -> tuple[torch.Tensor, torch.Tensor]:
     """(first [m], inverse [B]): row ``first[j]`` represents distinct example j; ``inverse[b]`` is
-    the distinct index of row b. Rows are compared over every feature of the side."""
+    the distinct index of row b. Rows are compared over every feature of the side.
+
+    Rows are grouped by a 64-bit hash of their codes (one multiply-add and a 1-d unique, several
+    times faster than a lexicographic ``unique(dim=0)`` over the [B, C] codes) and the grouping is
+    then checked against the codes themselves, so a hash collision falls back to the exact sort."""
     codes = _row_codes(features)
+    if codes.shape[1] <= len(_HASH):
+        h = (codes * _HASH[:codes.shape[1]].to(codes.device)).sum(1)  # wraps mod 2^64
+        _, inverse = torch.unique(h, return_inverse=True)
+        first = first_occurrence(inverse)
+        if torch.equal(codes[first[inverse]], codes):
+            return first, inverse
     _, inverse = torch.unique(codes, dim=0, return_inverse=True)
     return first_occurrence(inverse), inverse
 

@@ -5,6 +5,9 @@ Per batch: 3-class cross-entropy on the impressions (click / unclick); after the
 (1) deduplicate the batch's queries (with their users) and ads, (2) cross join them, (3) ask the
 relevance teacher, keep pairs under the threshold, (4) score them with the student (no gradient),
 (5) sample bad cases with probability rising with predicted CTR, (6) add them as class "bad".
+Steps (3)-(5) run in the order that costs least and draws the same sample: the student scores the
+whole cross join (one batched product), pairs are drawn by CTR, and the teacher is asked only
+about the drawn pairs, keeping the first low-relevance ones (``sample_bad_cases_lazily``).
 In eval mode (a validation loss) the task mines nothing: the loss is the impressions' 3-class
 cross-entropy, and the sampler's stream and the mining totals stay as they were.
 """
@@ -18,7 +21,7 @@ from torch import nn
 from twotower.config import MobiusObjectiveConfig
 from twotower.errors import ConfigError
 from twotower.mobius.augment import dedup_ids, dedup_rows, observed_mask
-from twotower.mobius.sampler import sample_bad_cases, sample_uniform
+from twotower.mobius.sampler import sample_bad_cases_lazily, sample_uniform
 from twotower.mobius.v2 import REL_KEY, clean_click_labels, drop_item_ids
 from twotower.models.mobius import BAD, CLICK, UNCLICK
 from twotower.objectives.losses import class_softmax_loss
@@ -55,11 +58,30 @@ class MobiusTask(nn.Module):
         self.mining_steps = 0
 
     def mine(self, model: nn.Module, batch: Batch, q: torch.Tensor, i: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-        """(query rows [P], item rows [P]) of the batch whose pairs are sampled as bad cases."""
-        q_first, q_inv = dedup_rows(batch.query)  # [m], [B]
-        a_first, a_inv = dedup_ids(batch.item_ids)  # [n], [B]
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Class logits [P, V] (differentiable, not yet divided by the temperature) of the
+        cross-join pairs of the batch sampled as bad cases. With ``cross_join_block`` the batch is
+        cut into blocks of that many rows, each cross joined in itself (as separate batches of
+        that size would be): the cost grows with the batch, not with its square, so a large
+        batch amortises the per-step costs."""
+        rows = len(batch.item_ids)
+        size = self.cfg.cross_join_block or rows
+        parts = [self._mine_rows(model, batch, q, i, s, min(s + size, rows))
+                 for s in range(0, rows, size)]
+        logs = {k: sum(p[1][k] for p in parts) for k in parts[0][1]}
+        return torch.cat([p[0] for p in parts]), logs
+
+    def _mine_rows(self, model: nn.Module, batch: Batch, q: torch.Tensor, i: torch.Tensor,
+                   start: int, end: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Algorithm 1's augmentation and sampling over the rows [start, end) of the batch.
+
+        The student's logits of the whole cross join are one batched product that keeps its
+        gradient: the CTR for sampling is read from it without gradient, and the sampled bad
+        cases are entries of it — no second gather of the pairs' vectors."""
+        q_first, q_inv = dedup_rows({k: v[start:end] for k, v in batch.query.items()})  # [m], [b]
+        a_first, a_inv = dedup_ids(batch.item_ids[start:end])  # [n], [b]
         m, n = len(q_first), len(a_first)
+        planes = model.class_logit_planes(q[q_first + start], i[a_first + start])  # [V, m, n]
         cap = self.cfg.max_bad_per_batch
         if self.cfg.bad_cases == "random":
             pick = sample_uniform(m * n, cap, self.generator).to(q.device)
@@ -68,16 +90,22 @@ class MobiusTask(nn.Module):
             if QUERY_KEY not in batch.extra or AD_KEY not in batch.extra:
                 raise ConfigError("MOBIUS batches need teacher keys in batch.extra "
                                   f"({QUERY_KEY!r}, {AD_KEY!r}); train with objective.name: mobius")
-            rel = self.teacher.score(batch.extra[QUERY_KEY][q_first],
-                                     batch.extra[AD_KEY][a_first]).to(q.device)  # [m, n]
-            lowmask = (rel < self.threshold) & ~observed_mask(q_inv, a_inv, m, n)
-            cand = lowmask.flatten().nonzero().squeeze(1)  # [C]
-            low = int(cand.numel())
-            with torch.no_grad():  # the student's CTR on the low-relevance pairs
-                ctr = model.click_probability(q[q_first].detach(), i[a_first].detach(),
-                                              self.temperature).flatten()[cand]
-            pick = cand[sample_bad_cases(ctr, cap, self.cfg.ctr_temperature, self.generator)]
-        return q_first[pick // n], a_first[pick % n], {"pairs": float(m * n), "low_relevance": float(low)}
+            qkey = batch.extra[QUERY_KEY][q_first + start].cpu()
+            akey = batch.extra[AD_KEY][a_first + start].cpu()
+
+            def is_low(pairs: torch.Tensor) -> torch.Tensor:  # the teacher, on these pairs only
+                pairs = pairs.cpu()
+                return self.teacher.score_pairs(qkey[pairs // n], akey[pairs % n]) < self.threshold
+
+            with torch.no_grad():  # the student's CTR on the whole cross join
+                ctr = model.click_probability(None, None, self.temperature,
+                                              planes=planes.detach()).flatten()
+            pick, low = sample_bad_cases_lazily(ctr, observed_mask(q_inv, a_inv, m, n).flatten(),
+                                                cap, is_low, self.cfg.ctr_temperature,
+                                                self.generator)
+            pick = pick.to(q.device)
+        # "scored": cross-join pairs the teacher was asked about (random: every pair)
+        return planes[:, pick // n, pick % n].T, {"pairs": float(m * n), "scored": float(low)}
 
     def loss(self, model: nn.Module, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         if batch.label is None:
@@ -101,13 +129,13 @@ class MobiusTask(nn.Module):
         # sampler's stream and count into the report's totals
         if self.cfg.bad_cases != "none" and step >= self.warmup_steps and self.training:
             t0 = time.perf_counter()
-            qr, ir, logs = self.mine(model, batch, q, i)
+            bad, logs = self.mine(model, batch, q, i)
             self.mining_seconds += time.perf_counter() - t0
-            if qr.numel():
-                bad_logits = model.class_logits(q[qr], i[ir]) / self.temperature  # [P, V]
-            self.bad_cases_total += int(qr.numel())
+            if bad.numel():
+                bad_logits = bad / self.temperature  # [P, V]
+            self.bad_cases_total += int(bad.shape[0])
             self.mining_steps += 1
-            logs["bad_cases"] = float(qr.numel())
+            logs["bad_cases"] = float(bad.shape[0])
         return class_softmax_loss(logits, target, weight, bad_logits, BAD,
                                   self.cfg.bad_weight), logs
 

@@ -72,13 +72,20 @@ class Mobius(TwoTowerModel):
         """[M, V, D] x [N, V, D] -> [M, N, V]: per-class cosines of the whole cross join."""
         return torch.einsum("mvd,nvd->mnv", q, i)
 
-    def click_probability(self, q: torch.Tensor, i: torch.Tensor, temperature: float) -> torch.Tensor:
+    def class_logit_planes(self, q: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        """[M, V, D] x [N, V, D] -> [V, M, N]: per-class cosines of the whole cross join, class
+        axis first — one batched matrix product per class (differentiable)."""
+        return torch.bmm(q.transpose(0, 1), i.permute(1, 2, 0))
+
+    def click_probability(self, q: torch.Tensor, i: torch.Tensor, temperature: float,
+                          planes: torch.Tensor | None = None) -> torch.Tensor:
         """[M, V, D] x [N, V, D] -> [M, N]: softmax probability of the click class (the CTR) at
-        the objective's ``temperature``. One batched matrix product per class and a softmax over
-        the class axis laid out first ([V, M, N]): several times faster on CPU than a softmax
-        over a trailing axis of size 3."""
-        logits = torch.bmm(q.transpose(0, 1), i.permute(1, 2, 0)) / temperature  # [V, M, N]
-        return logits.softmax(0)[CLICK]
+        the objective's ``temperature`` (from ``planes`` [V, M, N] when already computed). The
+        softmax runs over the class axis laid out first: several times faster on CPU than a
+        softmax over a trailing axis of size 3."""
+        if planes is None:
+            planes = self.class_logit_planes(q, i)
+        return (planes / temperature).softmax(0)[CLICK]
 
     # the generic interface (logits, in-batch metrics) uses the click vectors
     def logits(self, q: torch.Tensor, i: torch.Tensor) -> torch.Tensor:

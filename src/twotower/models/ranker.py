@@ -43,11 +43,29 @@ class MultiTaskRanker(nn.Module):
         self.engagement_head = nn.Linear(hidden[-1], 1)
 
     def forward(self, query: Features, item: Features) -> tuple[torch.Tensor, torch.Tensor]:
-        q = torch.cat(self.embedding(query, self.query_fields), dim=-1)  # [B, Eq]
-        i = torch.cat(self.embedding(item, self.item_fields), dim=-1)  # [B, Ei]
-        cross = self.query_proj(q) * self.item_proj(i)  # [B, C]: query x item interactions
+        return self.heads(self.embed_query(query), self.embed_item(item))
+
+    def embed_query(self, query: Features) -> torch.Tensor:
+        return torch.cat(self.embedding(query, self.query_fields), dim=-1)  # [B, Eq]
+
+    def embed_item(self, item: Features) -> torch.Tensor:
+        return torch.cat(self.embedding(item, self.item_fields), dim=-1)  # [B, Ei]
+
+    def heads(self, q: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row-aligned embedded pairs [P, Eq] x [P, Ei] -> (ctr_logit[P], engagement_logit[P])."""
+        cross = self.query_proj(q) * self.item_proj(i)  # [P, C]: query x item interactions
         h = F.relu(self.bottom(self.cross(torch.cat([q, i, cross], dim=-1))))
         return self.ctr_head(h)[:, 0], self.engagement_head(h)[:, 0]
+
+    def grid_scores(self, query: Features, item: Features, columns: torch.Tensor,
+                    engagement_weight: float = 1.0) -> torch.Tensor:
+        """Teacher scores [B, M] of (row b's query, item ``columns[b, m]``): each side embedded
+        once, only the pair layers run B x M times (``pair_grid`` would embed every pair)."""
+        b, m = columns.shape
+        q, i = self.embed_query(query), self.embed_item(item)
+        rows = torch.arange(b, device=columns.device).repeat_interleave(m)
+        ctr, engagement = self.heads(q[rows], i[columns.reshape(-1)])
+        return (F.logsigmoid(ctr) + engagement_weight * F.logsigmoid(engagement)).reshape(b, m)
 
     def teacher_scores(self, query: Features, item: Features, engagement_weight: float = 1.0) -> torch.Tensor:
         """log p(click) + w * log p(engagement): the log of CTR x engagement, what DMTL distills."""

@@ -84,14 +84,16 @@ def mine_hard_negatives(query: torch.Tensor, items: torch.Tensor, positives: tor
 
 def _top_chunked(q: torch.Tensor, items: torch.Tensor, k: int, item_chunk: int):
     """Top-k inner products of ``q[C, D]`` over ``items[N, D]``, scanning ``item_chunk`` rows at a
-    time and merging, so at most ``C x (item_chunk + k)`` scores exist at once."""
+    time and merging, so at most ``C x (item_chunk + 2k)`` scores exist at once. Each chunk's own
+    top-k is taken first and only those ``2k`` candidates are merged with the running best: a top-k
+    over the concatenated ``k + chunk`` columns would copy every chunk once more."""
     best_s = q.new_full((q.shape[0], 0), -math.inf)
     best_i = torch.zeros(q.shape[0], 0, dtype=torch.long)
     for start in range(0, items.shape[0], item_chunk):
         s = q @ items[start:start + item_chunk].float().T  # [C, chunk]
-        idx = torch.arange(start, start + s.shape[1]).expand(q.shape[0], -1)
-        both_s = torch.cat([best_s, s], 1)
-        both_i = torch.cat([best_i, idx], 1)
+        top = s.topk(min(k, s.shape[1]), dim=1)
+        both_s = torch.cat([best_s, top.values], 1)
+        both_i = torch.cat([best_i, top.indices + start], 1)
         top = both_s.topk(min(k, both_s.shape[1]), dim=1)
         best_s, best_i = top.values, both_i.gather(1, top.indices)
     return best_s, best_i

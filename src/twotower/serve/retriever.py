@@ -120,56 +120,16 @@ class Loaded:
     version: str
 
 
-class Retriever:
-    def __init__(self, run_dir: str | Path, version: str | None = None, batch_size: int = 1024,
-                 threads: int | None = None, mmap: bool = False):
-        trained = load_run(run_dir)
-        self.run = trained.dir
-        self.contract = trained.contract
-        self.features = trained.features
-        self.model = trained.model
-        self.batch_size = batch_size
-        self.mmap = mmap  # map index files read-only (shared page cache across worker processes)
-        self.query_features = self.features.query_features
-        self.query_columns = self.features.columns(Side.QUERY)
-        self.tracing = Tracing()  # create_app hands it the app's (spans: encode, search)
-        self._swap_lock = threading.Lock()
-        self._live = self._load(version)
-        if threads:
-            torch.set_num_threads(threads)
+class RequestEncoder:
+    """JSON requests -> a run's query-side features, checked field by field (a wrong type names
+    the field and the query); unknown ids / values go to OOV. Shared by every server of a run
+    (the index ``Retriever``, the PDN trigger-path channel)."""
 
-    # ---- index versions
-    def _load(self, version: str | None) -> Loaded:
-        vi = load_index(self.run.root, version, contract=self.contract, mmap=self.mmap)
-        return Loaded(vi, vi.version or "")
+    def __init__(self, features):
+        self.features = features
+        self.query_features = features.query_features
+        self.query_columns = features.columns(Side.QUERY)
 
-    @property
-    def version(self) -> str:
-        return self._live.version
-
-    @property
-    def index(self) -> VectorIndex:
-        return self._live.index
-
-    def reload(self, version: str | None = None) -> str:
-        """Load ``version`` (default CURRENT) beside the live index and swap; raises on a bad one."""
-        with self._swap_lock:
-            new = self._load(version)  # ArtifactError here leaves the live index untouched
-            self._live = new  # one reference assignment: atomic for concurrent readers
-            return new.version
-
-    def metadata(self) -> dict:
-        m = self._live.index.manifest
-        return {"index_version": self._live.version, "kind": m["kind"], "params": m["params"],
-                "count": self._live.index.count, "dim": m["dim"], "metric": m["metric"],
-                "weight_column": m.get("weight_column"), "created": m.get("created"),
-                "model": self.contract.get("model"), "model_sha256": m.get("model_sha256"),
-                "item_id": self.contract.get("item_id"),
-                "query_features": {n: self.features.configs[n].kind.value
-                                   for n in self.query_features},
-                "query_columns": self.query_columns}
-
-    # ---- requests -> encoded features
     def _column(self, name: str, values: list) -> pa.Array:
         kinds = {self.features.configs[n].kind for n in self.query_features
                  if self.features.configs[n].source == name}
@@ -211,12 +171,68 @@ class Retriever:
         return pa.table({c: self._column(c, [r.get(c) for r in requests])
                          for c in self.query_columns})
 
+    def tensors(self, requests: Sequence[dict] | pa.Table) -> dict[str, torch.Tensor]:
+        """Encoded query-side feature tensors of the requests."""
+        return as_tensors(self.features.encode(self.to_table(requests), Side.QUERY, count=False))
+
+
+class Retriever:
+    def __init__(self, run_dir: str | Path, version: str | None = None, batch_size: int = 1024,
+                 threads: int | None = None, mmap: bool = False):
+        trained = load_run(run_dir)
+        self.run = trained.dir
+        self.contract = trained.contract
+        self.features = trained.features
+        self.model = trained.model
+        self.batch_size = batch_size
+        self.mmap = mmap  # map index files read-only (shared page cache across worker processes)
+        self.request_encoder = RequestEncoder(self.features)
+        self.query_features = self.request_encoder.query_features
+        self.query_columns = self.request_encoder.query_columns
+        self.tracing = Tracing()  # create_app hands it the app's (spans: encode, search)
+        self._swap_lock = threading.Lock()
+        self._live = self._load(version)
+        if threads:
+            torch.set_num_threads(threads)
+
+    # ---- index versions
+    def _load(self, version: str | None) -> Loaded:
+        vi = load_index(self.run.root, version, contract=self.contract, mmap=self.mmap)
+        return Loaded(vi, vi.version or "")
+
+    @property
+    def version(self) -> str:
+        return self._live.version
+
+    @property
+    def index(self) -> VectorIndex:
+        return self._live.index
+
+    def reload(self, version: str | None = None) -> str:
+        """Load ``version`` (default CURRENT) beside the live index and swap; raises on a bad one."""
+        with self._swap_lock:
+            new = self._load(version)  # ArtifactError here leaves the live index untouched
+            self._live = new  # one reference assignment: atomic for concurrent readers
+            return new.version
+
+    def metadata(self) -> dict:
+        m = self._live.index.manifest
+        return {"index_version": self._live.version, "kind": m["kind"], "params": m["params"],
+                "count": self._live.index.count, "dim": m["dim"], "metric": m["metric"],
+                "weight_column": m.get("weight_column"), "created": m.get("created"),
+                "model": self.contract.get("model"), "model_sha256": m.get("model_sha256"),
+                "item_id": self.contract.get("item_id"),
+                "query_features": {n: self.features.configs[n].kind.value
+                                   for n in self.query_features},
+                "query_columns": self.query_columns}
+
+    def to_table(self, requests: Sequence[dict] | pa.Table) -> pa.Table:
+        return self.request_encoder.to_table(requests)
+
     @torch.no_grad()
     def encode(self, requests: Sequence[dict] | pa.Table) -> np.ndarray:
         """Query vectors [B, V, D] of the requests (unknown values -> OOV)."""
-        table = self.to_table(requests)
-        enc = self.features.encode(table, Side.QUERY, count=False)
-        feats = as_tensors(enc)
+        feats = self.request_encoder.tensors(requests)
         q = self.model.retrieval_query(self.model.encode_query(feats)).float()
         if self.contract.get("normalized"):
             q = torch.nn.functional.normalize(q, dim=-1)
