@@ -10,7 +10,7 @@ import torch
 
 from conftest import tiny_sections
 from twotower.features.feature_set import FeatureSet, feature_schema
-from twotower.models import build_model
+from twotower.run import RunDir
 from twotower.objectives.ssl import SelfSupervisedTask
 from twotower.pipeline import recipe_for  # (importing the pipeline registers every recipe)
 from twotower.runs import RunData
@@ -33,7 +33,31 @@ def test_every_registered_objective_is_held_to_it():
     from twotower.objectives.tasks import TASKS
     from twotower.recipes import RECIPES
 
-    assert set(TASKS) | set(RECIPES) <= set(OBJECTIVES) | {"mobius"}  # mobius: its own test
+    # mobius, dmtl, ldm: their own tests below (they need their own data)
+    assert set(TASKS) | set(RECIPES) <= set(OBJECTIVES) | {"mobius", "dmtl", "ldm"}
+
+
+def test_dmtl_in_eval_mode_changes_nothing(tiny_config, tmp_path):
+    cfg = tiny_config(tmp_path / "dmtl", objective={"name": "dmtl", "dmtl": {
+        "engagement": "dwell", "length_column": "page_length", "candidates": 8, "teacher_epochs": 1,
+        "teacher_batch_size": 256, "teacher_hidden": [16], "teacher_cross_dim": 8}})
+    check_eval_mode_is_side_effect_free(*prepared_task(cfg), step=1)
+
+
+def test_ldm_in_eval_mode_changes_nothing_and_takes_a_plain_batch(funnel_sim_dir, tmp_path):
+    from twotower.config import merge
+    from twotower.presets import simulator_config
+
+    sections = merge(tiny_sections(epochs=1), {"objective": {"name": "ldm", "ldm": {
+        "funnel": str(funnel_sim_dir / "funnel.parquet"), "requests_per_batch": 8}}})
+    cfg = simulator_config(funnel_sim_dir, tmp_path / "ldm", **sections)
+    model, task, batch = prepared_task(cfg)
+    check_eval_mode_is_side_effect_free(model, task, batch, step=1)
+    plain = type(batch)(batch.query, batch.item, batch.item_ids, batch.label, batch.weight)
+    task.eval()
+    with torch.no_grad():  # a validation batch has no funnel requests: the random head's loss
+        loss, logs = task.loss(model, plain, 1)
+    assert torch.isfinite(loss) and set(logs) == {"random"}
 
 
 def prepared_task(cfg):
@@ -43,10 +67,13 @@ def prepared_task(cfg):
     features.fit(data.reader.chunks("train", features.columns()))
     corpus = data.corpus()
     torch.manual_seed(0)
-    model = build_model(cfg.model, feature_schema(features, cfg.model.embedding_dim))
     recipe = recipe_for(cfg)
+    model = recipe.build_model(cfg, feature_schema(features, cfg.model.embedding_dim))
     prepared = recipe.prepare(cfg, data, corpus, False)
     recipe.bind(prepared, model)
+    run = RunDir(cfg.resolved_run_dir).ensure()
+    features.save(run.features)
+    recipe.begin(prepared, run, False)  # (DMTL trains its teacher here)
     task = prepared.task
     if cfg.objective.ssl is not None:
         task = SelfSupervisedTask(task, corpus.features, cfg.objective.ssl, cfg.train.seed)

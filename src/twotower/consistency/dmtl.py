@@ -31,7 +31,7 @@ from twotower.models.ranker import MultiTaskRanker
 from twotower.objectives.consistency import distillation_loss
 from twotower.objectives.frequency import FrequencyEstimator
 from twotower.objectives.losses import in_batch_softmax
-from twotower.objectives.negatives import in_batch_candidates
+from twotower.objectives.negatives import draws, in_batch_candidates
 from twotower.objectives.tasks import RetrievalTask
 from twotower.recipes import Prepared, Recipe, register_recipe
 from twotower.run import FORMAT_VERSION, RunDir, atomic_write_json, read_json_artifact, sha256_file
@@ -199,7 +199,7 @@ class DMTLTask(RetrievalTask):
         if m is None or m >= b:
             cols = (rows[:, None] + torch.arange(b)[None, :]) % b  # own item first
         else:
-            others = torch.rand(b, b - 1, generator=self.generator).argsort(1)[:, :m - 1]  # [B, M-1]
+            others = torch.rand(b, b - 1, generator=draws(self, self.generator)).argsort(1)[:, :m - 1]  # [B, M-1]
             others = others + (others >= rows[:, None]).long()  # skip the row's own column
             cols = torch.cat([rows[:, None], others], 1)
         return cols.to(device)
@@ -217,7 +217,7 @@ class DMTLTask(RetrievalTask):
         return scores.float()
 
     def objective_loss(self, model, batch, step, q, i):
-        if self.estimator is not None:
+        if self.estimator is not None and self.training:  # eval mode: a read-only lookup
             self.estimator.update(batch.item_ids, step)
         ids, log_q = in_batch_candidates(batch.item_ids, self.estimator)
         logits = self.scale(model, model.logits(q, i))  # [B, B]

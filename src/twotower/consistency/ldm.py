@@ -166,11 +166,13 @@ class LDMTask(RetrievalTask):
                                              cfg.estimator.alpha) if cfg.logq_correction else None)
 
     def objective_loss(self, model, batch, step, q, i):
-        if self.estimator is not None:
+        if self.estimator is not None and self.training:  # eval mode: a read-only lookup
             self.estimator.update(batch.item_ids, step)
         ids, log_q = in_batch_candidates(batch.item_ids, self.estimator)
         random = in_batch_softmax(model.head_logits(q, i, "random") / self.temperature, ids, log_q,
                                   batch.weight, remove_hits=self.cfg.remove_accidental_hits)
+        if "ldm_request" not in batch.extra:  # a validation batch: clicks only, no funnel requests
+            return self.ldm.random_weight * random, {"random": float(random.detach())}
         fq = model.encode_query({k[len(QUERY):]: v for k, v in batch.extra.items() if k.startswith(QUERY)})
         fi = model.encode_item({k[len(ITEM):]: v for k, v in batch.extra.items() if k.startswith(ITEM)})
         request = batch.extra["ldm_request"]
