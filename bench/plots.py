@@ -96,8 +96,8 @@ def plot_serve_load(res: dict, out_json: Path) -> list[Path]:
 
 def plot_ddp_scaling(res: dict, out_json: Path) -> list[Path]:
     runs = res["runs"]
-    return [plots.bars(_png(out_json), f"Training examples/s on {res['cpus']} cores, same global "
-                       f"batch {res['global_batch']}: threads vs data-parallel processes",
+    return [plots.bars(_png(out_json), f"Training examples/s on {res['cpus']} cores, global batch "
+                       f"{res['global_batch']}:\nthreads vs data-parallel processes",
                        "examples / s", {n: r["examples_per_s"] for n, r in runs.items()},
                        baseline=res["baseline"])]
 
