@@ -197,14 +197,17 @@ class MobiusObjectiveConfig(StrictModel):
 
 
 #: the values of the v2 options under each mode (model.retrieval too, see models/mobius.py).
-#: v2's defaults move off Algorithm 1's only where bench/mobius.py measured a gain on validation
-#: at the scaled world (README, MOBIUS v2); until then v2 differs from paper by its
-#: teacher-relevant model selection and by accepting the options.
+#: v2's defaults move off Algorithm 1's only where bench/mobius.py measured a gain on the
+#: VALIDATION searches of the scaled world (1M impressions, 50k ads; v2_choice in
+#: bench/results/mobius_v2.json): click-minus-bad retrieval raised relevant@100 and CPM@100; no
+#: BRW variant kept relevance (brw_alpha 0: the index weighs every ad 1 — cos x bid^alpha lowered
+#: both relevant@100 and CPM@100 there); label cleaning changed nothing with the lexical teacher
+#: (no click falls under its threshold) and stays off.
 MOBIUS_RECIPES: dict[str, dict[str, Any]] = {
     "paper": {"clean_labels": "none", "item_id_dropout": 0.0, "brw_alpha": 1.0},
-    "v2": {"clean_labels": "none", "item_id_dropout": 0.0, "brw_alpha": 1.0},
+    "v2": {"clean_labels": "none", "item_id_dropout": 0.0, "brw_alpha": 0.0},
 }
-MOBIUS_RETRIEVAL = {"paper": "click", "v2": "click"}
+MOBIUS_RETRIEVAL = {"paper": "click", "v2": "click_minus_bad"}
 
 
 class SSLConfig(StrictModel):

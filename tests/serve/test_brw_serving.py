@@ -25,7 +25,8 @@ def test_mobius_run_is_indexed_and_served_with_its_business_weight(sim_dir, tmp_
         model={"embedding_dim": 8, "hidden": [16], "output_dim": 8},
         train={"epochs": 1, "max_steps": 12, "batch_size": 128, "progress": False, "threads": 1},
         eval={"ks": [5], "group_by": "search_id", "metric": "recall@5"},
-        objective={"mobius": {"warmup_steps": 4, "max_bad_per_batch": 64}})
+        # the paper's BRW (cos x bid, click retrieval); v2's default weighs every ad 1 (brw_alpha 0)
+        objective={"mobius": {"mode": "paper", "warmup_steps": 4, "max_bad_per_batch": 64}})
     for f in cfg.data.features:
         if f.kind.value == "text":
             f.num_buckets = 512
