@@ -44,12 +44,12 @@ LDM_MIX = [0.0, 0.25, 0.5, 0.75, 1.0]
 ML_WEIGHTS = ["rating", "rating**2"]
 
 
-def sim_config(data: Path, run_dir: Path, epochs: int, **sections):
+def sim_config(world_dir: Path, run_dir: Path, epochs: int, **sections):
     from twotower.config import merge, validate_config
 
     raw = {
         "name": run_dir.name, "run_dir": str(run_dir),
-        "data": {"train": str(data / "impressions.parquet"), "items": str(data / "ads.parquet"),
+        "data": {"train": str(world_dir / "impressions.parquet"), "items": str(world_dir / "ads.parquet"),
                  "item_id": "ad_id", "label": "click", "split_column": "split",
                  "features": [
                      {"name": "user_id", "side": "query"},
