@@ -262,7 +262,14 @@ def phase_ml(args, results: dict) -> None:
     from twotower.runs import load_run
 
     tmp = Path(tempfile.mkdtemp(prefix="tt-consistency-ml-"))
-    prepare_movielens(args.ml, tmp / "ml")
+    paths = prepare_movielens(args.ml, tmp / "ml")
+    import pyarrow.parquet as pq
+
+    # the run reads only the columns its config names, so the ratings come from the log itself
+    # (rows of a split in file order, as the run's requests are)
+    log = pq.read_table(paths["interactions"], columns=["split", "rating"])
+    ratings = {split: np.asarray(log["rating"].to_numpy(), np.float64)[
+        np.asarray(log["split"].to_numpy(zero_copy_only=False)) == split] for split in ("valid", "test")}
     base = {"train": {"batch_size": 1024, "lr": 0.003, "epochs": 12, "progress": False, "seed": 0},
             "objective": {"in_batch_block": None}}
     variants = {"unweighted": {}, **{w: {"data": {"weight_expression": w}} for w in ML_WEIGHTS}}
@@ -277,7 +284,7 @@ def phase_ml(args, results: dict) -> None:
         scored[name] = {"seconds": time.perf_counter() - t}
         for split in ("valid", "test"):
             req = run.requests(split)
-            rating = np.asarray(run.data.split_table(split)["rating"].to_numpy(), np.float64)
+            rating = ratings[split]
             if len(rating) != len(req):
                 raise SystemExit(f"{split}: {len(rating)} rows but {len(req)} requests")
             q = encode_queries(run.model, req.query)[:, 0]
